@@ -1,0 +1,161 @@
+"""Feature backbones: any timm model through ``features_only``.
+
+The contract (timm's ``feature_info``): a backbone returns a list of NCHW feature maps and exposes ``channels`` and
+``reductions`` (strides) for each. Plain ViTs, whose features all share one stride, are turned into a pyramid
+(strides 4, 8, 16, 32 for patch 16) by :class:`SimpleFeaturePyramid` (ViTDet), so every head sees the same contract.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import timm
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+
+@dataclass
+class FeatureBackboneConfig:
+    """A timm backbone used as a multi-scale feature extractor.
+
+    Args:
+        model_name: any name ``timm.create_model`` knows (``resnet50``, ``convnext_tiny``, ``vit_small_patch16_224``...).
+        pretrained: load pretrained weights (needs the weights to be downloadable or cached).
+        out_indices: which feature levels to return (timm ``out_indices``); ``None`` keeps all.
+        output_stride: 8 or 16 to dilate the last stages (models that support it: ResNets, EfficientNets...).
+        drop_path_rate: stochastic depth.
+        drop_rate: dropout inside the backbone.
+        img_size: input size for models with a fixed input size (ViTs, MaxViT, CoAtNet); ViTs also get
+            ``dynamic_img_size`` so any size works.
+        extra_kwargs: anything else for ``timm.create_model``.
+    """
+
+    model_name: str
+    pretrained: bool = True
+    out_indices: list[int] | None = None
+    output_stride: int | None = None
+    drop_path_rate: float = 0.0
+    drop_rate: float = 0.0
+    img_size: int | None = None
+    extra_kwargs: dict[str, Any] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["out_indices"] = list(self.out_indices) if self.out_indices is not None else None
+        d["extra_kwargs"] = dict(self.extra_kwargs)
+        return d
+
+
+def as_backbone_config(backbone: str | dict | FeatureBackboneConfig) -> FeatureBackboneConfig:
+    if isinstance(backbone, FeatureBackboneConfig):
+        return backbone
+    if isinstance(backbone, str):
+        return FeatureBackboneConfig(model_name=backbone)
+    if isinstance(backbone, dict) or hasattr(backbone, "keys"):
+        d = {k: v for k, v in dict(backbone).items() if k != "_target_"}
+        return FeatureBackboneConfig(**d)
+    raise TypeError(f"backbone must be a timm model name, a dict or a FeatureBackboneConfig, got {type(backbone)!r}")
+
+
+class SimpleFeaturePyramid(nn.Module):
+    """ViTDet's simple pyramid: one stride-s map -> maps at strides s/4, s/2, s, 2s (4, 8, 16, 32 for s=16)."""
+
+    def __init__(self, in_channels: int, stride: int, scales: tuple[float, ...] = (4.0, 2.0, 1.0, 0.5)):
+        super().__init__()
+        self.stages = nn.ModuleList()
+        self.out_channels: list[int] = []
+        self.reductions: list[int] = []
+        for s in scales:
+            layers: list[nn.Module] = []
+            ch = in_channels
+            if s == 4.0:
+                layers += [nn.ConvTranspose2d(ch, ch // 2, 2, 2), nn.GroupNorm(1, ch // 2), nn.GELU(),
+                           nn.ConvTranspose2d(ch // 2, ch // 4, 2, 2)]
+                ch = ch // 4
+            elif s == 2.0:
+                layers += [nn.ConvTranspose2d(ch, ch // 2, 2, 2)]
+                ch = ch // 2
+            elif s == 0.5:
+                layers += [nn.MaxPool2d(2, 2)]
+            elif s != 1.0:
+                raise ValueError(f"unsupported pyramid scale {s}")
+            layers += [nn.Conv2d(ch, ch, 1, bias=False), nn.GroupNorm(1, ch), nn.Conv2d(ch, ch, 3, padding=1)]
+            self.stages.append(nn.Sequential(*layers))
+            self.out_channels.append(ch)
+            self.reductions.append(int(round(stride / s)))
+
+    def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
+        return [stage(x) for stage in self.stages]
+
+
+class TimmFeatureBackbone(nn.Module):
+    """Wraps ``timm.create_model(..., features_only=True)``; returns NCHW features, strides in ``reductions``."""
+
+    def __init__(self, config: str | dict | FeatureBackboneConfig):
+        super().__init__()
+        self.config = cfg = as_backbone_config(config)
+        kwargs: dict[str, Any] = dict(features_only=True, pretrained=cfg.pretrained)
+        if cfg.out_indices is not None:
+            kwargs["out_indices"] = tuple(cfg.out_indices)
+        if cfg.output_stride is not None:
+            kwargs["output_stride"] = cfg.output_stride
+        if cfg.drop_path_rate:
+            kwargs["drop_path_rate"] = cfg.drop_path_rate
+        if cfg.drop_rate:
+            kwargs["drop_rate"] = cfg.drop_rate
+        if cfg.img_size is not None:
+            kwargs["img_size"] = cfg.img_size
+        kwargs.update(cfg.extra_kwargs)
+        self.body = _create(cfg.model_name, kwargs)
+        info = self.body.feature_info
+        self.body_channels = list(info.channels())
+        self.body_reductions = list(info.reduction())
+        self.channels_last_output = str(getattr(self.body, "output_fmt", "NCHW")).endswith("NHWC")
+        self.pyramid: SimpleFeaturePyramid | None = None
+        if len(set(self.body_reductions)) == 1:  # plain ViT: one stride -> build a pyramid from the last map
+            self.pyramid = SimpleFeaturePyramid(self.body_channels[-1], self.body_reductions[-1])
+            self.channels = list(self.pyramid.out_channels)
+            self.reductions = list(self.pyramid.reductions)
+        else:
+            self.channels = self.body_channels
+            self.reductions = self.body_reductions
+
+    @property
+    def output_stride(self) -> int:
+        return self.reductions[-1]
+
+    def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
+        feats = self.body(x)
+        if self.channels_last_output:
+            feats = [f.permute(0, 3, 1, 2) for f in feats]
+        if self.pyramid is not None:
+            feats = self.pyramid(feats[-1])
+        return list(feats)
+
+
+def _create(name: str, kwargs: dict[str, Any]) -> nn.Module:
+    if not timm.is_model(name):
+        raise ValueError(f"backbone.model_name: unknown timm model {name!r} (see timm.list_models())")
+    try:
+        try:
+            return timm.create_model(name, dynamic_img_size=True, **kwargs)
+        except TypeError:  # models without dynamic_img_size (CNNs)
+            return timm.create_model(name, **kwargs)
+    except (OSError, RuntimeError) as e:
+        if kwargs.get("pretrained") and ("connect" in str(e).lower() or "offline" in str(e).lower()
+                                         or "resolve" in str(e).lower() or isinstance(e, OSError)):
+            raise RuntimeError(
+                f"could not load pretrained weights for backbone {name!r}: {e}. Without network access, use "
+                f"FeatureBackboneConfig(model_name={name!r}, pretrained=False) (Hydra: backbone.pretrained=false) "
+                "or put the weights in the Hugging Face cache."
+            ) from e
+        raise
+
+
+def upsample_like(x: torch.Tensor, ref: torch.Tensor | tuple[int, int]) -> torch.Tensor:
+    size = tuple(ref.shape[-2:]) if isinstance(ref, torch.Tensor) else tuple(ref)
+    if tuple(x.shape[-2:]) == size:
+        return x
+    return F.interpolate(x, size=size, mode="bilinear", align_corners=False)

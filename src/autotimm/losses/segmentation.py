@@ -1,0 +1,154 @@
+"""Dense segmentation losses over logits ``[B,C,H,W]`` and targets ``[B,H,W]``.
+
+Shared rules, all losses:
+- pixels equal to ``ignore_index`` have exactly no effect (value and gradient);
+- a batch whose pixels are all ignored gives a loss of 0 with finite (zero) gradients, never NaN;
+- a label outside ``0..num_classes-1`` that is not ``ignore_index`` raises a ``ValueError`` listing the bad values.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+
+def valid_pixels(logits: torch.Tensor, target: torch.Tensor, ignore_index: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Check shapes and labels; return (valid mask [B,H,W] bool, target with ignored pixels set to 0)."""
+    if logits.dim() != 4 or target.dim() != 3 or logits.shape[0] != target.shape[0] \
+            or logits.shape[-2:] != target.shape[-2:]:
+        raise ValueError(f"expected logits [B,C,H,W] and target [B,H,W] of the same B,H,W; got logits "
+                         f"{tuple(logits.shape)} and target {tuple(target.shape)}")
+    num_classes = logits.shape[1]
+    valid = target != ignore_index
+    bad = valid & ((target < 0) | (target >= num_classes))
+    if bool(bad.any()):
+        values = torch.unique(target[bad]).tolist()
+        raise ValueError(f"target contains labels {values[:20]} outside 0..{num_classes - 1} that are not "
+                         f"ignore_index={ignore_index}; check num_classes or map those labels (class_mapping)")
+    return valid, torch.where(valid, target, torch.zeros_like(target))
+
+
+def _safe_mean(total: torch.Tensor, count: torch.Tensor) -> torch.Tensor:
+    return total / count.clamp(min=1).to(total.dtype)
+
+
+class CrossEntropySegmentationLoss(nn.Module):
+    """Pixel-wise cross-entropy averaged over non-ignored pixels (0 when there are none)."""
+
+    def __init__(self, num_classes: int | None = None, ignore_index: int = 255, label_smoothing: float = 0.0,
+                 class_weights: list[float] | None = None):
+        super().__init__()
+        self.num_classes = num_classes
+        self.ignore_index = ignore_index
+        self.label_smoothing = label_smoothing
+        self.register_buffer("class_weights", torch.tensor(class_weights, dtype=torch.float32)
+                             if class_weights is not None else None, persistent=False)
+
+    def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        valid, tgt = valid_pixels(logits, target, self.ignore_index)
+        per_pixel = F.cross_entropy(logits.float(), tgt, weight=self.class_weights, reduction="none",
+                                    label_smoothing=self.label_smoothing)
+        per_pixel = per_pixel * valid
+        if self.class_weights is not None:
+            denom = (self.class_weights[tgt] * valid).sum()
+            return per_pixel.sum() / denom.clamp(min=1e-12) if bool(valid.any()) else per_pixel.sum()
+        return _safe_mean(per_pixel.sum(), valid.sum())
+
+
+def _soft_counts(logits: torch.Tensor, target: torch.Tensor, ignore_index: int):
+    """Per-class soft TP, FP, FN over the batch, ignored pixels excluded."""
+    valid, tgt = valid_pixels(logits, target, ignore_index)
+    probs = logits.float().softmax(dim=1)
+    v = valid.unsqueeze(1).to(probs.dtype)
+    onehot = F.one_hot(tgt, logits.shape[1]).permute(0, 3, 1, 2).to(probs.dtype) * v
+    probs = probs * v
+    dims = (0, 2, 3)
+    tp = (probs * onehot).sum(dims)
+    fp = probs.sum(dims) - tp
+    fn = onehot.sum(dims) - tp
+    return tp, fp, fn
+
+
+class DiceLoss(nn.Module):
+    """Soft multi-class Dice: ``1 - mean_c (2*TP_c + s) / (2*TP_c + FP_c + FN_c + s)``.
+
+    Computed over the whole batch per class, ``s`` = ``smooth``. A class absent from both prediction mass and
+    target scores 1 (no penalty), so an all-ignored batch gives exactly 0.
+    """
+
+    def __init__(self, num_classes: int | None = None, ignore_index: int = 255, smooth: float = 1.0):
+        super().__init__()
+        self.num_classes = num_classes
+        self.ignore_index = ignore_index
+        self.smooth = smooth
+
+    def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        tp, fp, fn = _soft_counts(logits, target, self.ignore_index)
+        dice = (2 * tp + self.smooth) / (2 * tp + fp + fn + self.smooth)
+        return 1.0 - dice.mean()
+
+
+class TverskyLoss(nn.Module):
+    """Tversky loss: ``1 - mean_c (TP + s) / (TP + alpha*FP + beta*FN + s)``. alpha=beta=0.5 is Dice.
+
+    A higher ``beta`` penalises false negatives more (favours recall).
+    """
+
+    def __init__(self, num_classes: int | None = None, alpha: float = 0.5, beta: float = 0.5,
+                 ignore_index: int = 255, smooth: float = 1.0):
+        super().__init__()
+        if alpha < 0 or beta < 0 or alpha + beta == 0:
+            raise ValueError(f"TverskyLoss: alpha and beta must be >= 0 and not both 0, got {alpha}, {beta}")
+        self.num_classes = num_classes
+        self.alpha, self.beta = alpha, beta
+        self.ignore_index = ignore_index
+        self.smooth = smooth
+
+    def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        tp, fp, fn = _soft_counts(logits, target, self.ignore_index)
+        ti = (tp + self.smooth) / (tp + self.alpha * fp + self.beta * fn + self.smooth)
+        return 1.0 - ti.mean()
+
+
+class FocalLossPixelwise(nn.Module):
+    """Multi-class focal loss ``-alpha * (1 - p_t)^gamma * log p_t`` averaged over non-ignored pixels."""
+
+    def __init__(self, num_classes: int | None = None, alpha: float = 1.0, gamma: float = 2.0,
+                 ignore_index: int = 255):
+        super().__init__()
+        self.num_classes = num_classes
+        self.alpha, self.gamma = alpha, gamma
+        self.ignore_index = ignore_index
+
+    def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        valid, tgt = valid_pixels(logits, target, self.ignore_index)
+        logp_t = F.log_softmax(logits.float(), dim=1).gather(1, tgt.unsqueeze(1)).squeeze(1)
+        p_t = logp_t.exp()
+        loss = -self.alpha * (1 - p_t).pow(self.gamma) * logp_t
+        return _safe_mean((loss * valid).sum(), valid.sum())
+
+
+class CombinedSegmentationLoss(nn.Module):
+    """``ce_weight * CrossEntropy + dice_weight * Dice``."""
+
+    def __init__(self, num_classes: int | None = None, ce_weight: float = 1.0, dice_weight: float = 1.0,
+                 ignore_index: int = 255, smooth: float = 1.0):
+        super().__init__()
+        if ce_weight < 0 or dice_weight < 0:
+            raise ValueError(f"ce_weight and dice_weight must be >= 0, got {ce_weight}, {dice_weight}")
+        if ce_weight == 0 and dice_weight == 0:
+            raise ValueError("ce_weight and dice_weight are both 0: the loss would be constant; set at least one > 0")
+        self.num_classes = num_classes
+        self.ce_weight, self.dice_weight = ce_weight, dice_weight
+        self.ignore_index = ignore_index
+        self.ce = CrossEntropySegmentationLoss(num_classes, ignore_index)
+        self.dice = DiceLoss(num_classes, ignore_index, smooth)
+
+    def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        loss = logits.new_zeros((), dtype=torch.float32)
+        if self.ce_weight:
+            loss = loss + self.ce_weight * self.ce(logits, target)
+        if self.dice_weight:
+            loss = loss + self.dice_weight * self.dice(logits, target)
+        return loss

@@ -1,0 +1,116 @@
+"""Metrics declared as data (``MetricConfig``) and built per stage (``MetricManager``)."""
+
+from __future__ import annotations
+
+import importlib
+import inspect
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import torch.nn as nn
+
+STAGES = ("train", "val", "test")
+
+
+@dataclass
+class MetricConfig:
+    """One metric, logged as ``<stage>/<name>``.
+
+    Args:
+        name: short name in the log (``miou`` -> ``val/miou``).
+        metric_class: a torchmetrics class name (``JaccardIndex``, ``Accuracy``, ``MeanAveragePrecision``...) or a
+            dotted path to any ``torchmetrics.Metric`` subclass.
+        params: constructor arguments. ``num_classes`` and ``ignore_index`` are filled in from the model when the
+            class accepts them and they are not given.
+        backend: only ``"torchmetrics"``.
+        stages: where to compute it: any of ``train``, ``val``, ``test``.
+        prog_bar: show in the progress bar.
+        log_on_step / log_on_epoch: Lightning logging granularity.
+    """
+
+    name: str
+    metric_class: str
+    params: dict[str, Any] = field(default_factory=dict)
+    backend: str = "torchmetrics"
+    stages: list[str] = field(default_factory=lambda: ["val", "test"])
+    prog_bar: bool = False
+    log_on_step: bool = False
+    log_on_epoch: bool = True
+
+    def __post_init__(self):
+        if self.backend != "torchmetrics":
+            raise ValueError(f"MetricConfig({self.name!r}).backend: only 'torchmetrics' is supported, got {self.backend!r}")
+        self.stages = list(self.stages)
+        unknown = [s for s in self.stages if s not in STAGES]
+        if unknown:
+            raise ValueError(f"MetricConfig({self.name!r}).stages: unknown {unknown}; expected any of {list(STAGES)}")
+        self.params = dict(self.params or {})
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def as_metric_config(m: MetricConfig | dict) -> MetricConfig:
+    if isinstance(m, MetricConfig):
+        return m
+    d = {k: v for k, v in dict(m).items() if k != "_target_"}
+    d["params"] = dict(d.get("params") or {})
+    return MetricConfig(**d)
+
+
+def resolve_metric_class(name: str) -> type:
+    if "." in name:
+        module, _, cls = name.rpartition(".")
+        return getattr(importlib.import_module(module), cls)
+    import torchmetrics
+
+    for mod in (torchmetrics, "torchmetrics.detection", "torchmetrics.segmentation", "torchmetrics.classification"):
+        mod = importlib.import_module(mod) if isinstance(mod, str) else mod
+        if hasattr(mod, name):
+            return getattr(mod, name)
+    raise ValueError(f"MetricConfig.metric_class: no torchmetrics metric named {name!r}")
+
+
+def _accepted(cls: type) -> set[str]:
+    names: set[str] = set()
+    for fn in (getattr(cls, "__new__", None), cls.__init__):
+        try:
+            names |= set(inspect.signature(fn).parameters)
+        except (TypeError, ValueError):
+            pass
+    return names
+
+
+def build_metric(cfg: MetricConfig, defaults: dict[str, Any]):
+    cls = resolve_metric_class(cfg.metric_class)
+    params = dict(cfg.params)
+    accepted = _accepted(cls)
+    for key, value in defaults.items():
+        if key in accepted and key not in params and value is not None:
+            params[key] = value
+    try:
+        return cls(**params)
+    except (TypeError, ValueError) as e:
+        raise ValueError(f"MetricConfig({cfg.name!r}): cannot build {cfg.metric_class}({params}): {e}") from e
+
+
+class MetricManager(nn.Module):
+    """Holds one torchmetrics instance per (stage, metric); a ``ModuleDict`` so they follow the model's device."""
+
+    def __init__(self, configs: list[MetricConfig] | None, defaults: dict[str, Any]):
+        super().__init__()
+        self.configs = [as_metric_config(c) for c in (configs or [])]
+        names = [c.name for c in self.configs]
+        dup = {n for n in names if names.count(n) > 1}
+        if dup:
+            raise ValueError(f"metrics: duplicate metric names {sorted(dup)}")
+        self.metrics = nn.ModuleDict()
+        for cfg in self.configs:
+            for stage in cfg.stages:
+                self.metrics[f"{stage}__{cfg.name}"] = build_metric(cfg, defaults)
+
+    def for_stage(self, stage: str):
+        for cfg in self.configs:
+            key = f"{stage}__{cfg.name}"
+            if key in self.metrics:
+                yield cfg, self.metrics[key]

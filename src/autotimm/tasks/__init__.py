@@ -1,0 +1,5 @@
+"""Lightning tasks."""
+
+from .semantic import SemanticSegmentor
+
+__all__ = ["SemanticSegmentor"]

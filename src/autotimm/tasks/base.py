@@ -1,0 +1,267 @@
+"""What every task shares: optimizer and scheduler by name or dict, metrics, extra logging, compile, freezing.
+
+Constructor arguments are kept as plain data in ``hparams`` (dicts, strings, numbers), so a checkpoint rebuilds its
+model with ``load_from_checkpoint`` and loads with ``weights_only=True``.
+"""
+
+from __future__ import annotations
+
+import functools
+import importlib
+import math
+import warnings
+from collections.abc import Callable
+from typing import Any
+
+import pytorch_lightning as pl
+import torch
+import torch.nn as nn
+
+from ..metrics import MetricConfig, MetricManager, as_metric_config
+from ..training.logging_config import LoggingConfig, as_logging_config
+
+OPTIMIZERS = {
+    "adamw": torch.optim.AdamW,
+    "adam": torch.optim.Adam,
+    "sgd": torch.optim.SGD,
+    "rmsprop": torch.optim.RMSprop,
+}
+SCHEDULERS = ("cosine", "step", "multistep", "onecycle", "poly", "none")
+
+
+# --------------------------------------------------------------------------------------------- component specs
+def component_spec(obj: Any, kind: str) -> dict[str, Any] | None:
+    """A head/loss factory (``functools.partial`` of a class, a class, or a ``{"_target_": ...}`` dict) as plain
+    data: ``{"_target_": "pkg.mod.Class", **kwargs}``."""
+    if obj is None:
+        return None
+    if isinstance(obj, dict) or hasattr(obj, "keys"):
+        d = dict(obj)
+        d.pop("_partial_", None)
+        if "_target_" not in d:
+            raise ValueError(f"{kind}: a dict spec needs a '_target_' naming the class, got keys {sorted(d)}")
+        return d
+    if isinstance(obj, functools.partial):
+        if obj.args:
+            raise ValueError(f"{kind}: pass keyword arguments only to the partial factory")
+        return {"_target_": f"{obj.func.__module__}.{obj.func.__qualname__}", **obj.keywords}
+    if isinstance(obj, type):
+        return {"_target_": f"{obj.__module__}.{obj.__qualname__}"}
+    raise TypeError(f"{kind}: expected a class, a functools.partial or a dict with '_target_', got {type(obj)!r}; "
+                    f"to use a ready module instance, subclass the task and set it after __init__")
+
+
+def build_component(spec: dict[str, Any], **required: Any) -> nn.Module:
+    kwargs = {k: v for k, v in spec.items() if k != "_target_"}
+    module, _, name = spec["_target_"].rpartition(".")
+    try:
+        cls = getattr(importlib.import_module(module), name)
+    except (ImportError, AttributeError) as e:
+        raise ValueError(f"cannot import {spec['_target_']!r}: {e}") from e
+    kwargs.update(required)
+    return cls(**kwargs)
+
+
+def named_choice(value: str, options, field: str) -> str:
+    v = str(value).lower()
+    if v not in options:
+        raise ValueError(f"{field}: unknown value {value!r}; valid: {sorted(options)}")
+    return v
+
+
+# --------------------------------------------------------------------------------------------- base task
+class BaseTask(pl.LightningModule):
+    """Optimizers, schedulers, metrics, extra logging and compile shared by the segmentation tasks."""
+
+    backbone: nn.Module
+
+    def _setup_common(self, *, lr: float, weight_decay: float, optimizer: str | dict, scheduler: str | dict | None,
+                      metrics: list[MetricConfig | dict] | None, metric_defaults: dict[str, Any],
+                      logging_config: LoggingConfig | dict | None, freeze_backbone: bool,
+                      compile_model: bool | str, compile_kwargs: dict | None):
+        if lr <= 0:
+            raise ValueError(f"lr must be > 0, got {lr}")
+        self.lr, self.weight_decay = lr, weight_decay
+        self.optimizer_cfg = optimizer
+        self.scheduler_cfg = scheduler
+        self._check_optim_names()
+        self.metric_manager = MetricManager([as_metric_config(m) for m in (metrics or [])], metric_defaults)
+        self.logging_config = as_logging_config(logging_config)
+        self.freeze_backbone = freeze_backbone
+        if freeze_backbone:
+            for p in self.backbone.parameters():
+                p.requires_grad_(False)
+        if compile_model not in (True, False, "force", "always"):
+            raise ValueError(f"compile_model must be true, false or 'force', got {compile_model!r}")
+        self.compile_model = compile_model
+        self.compile_kwargs = dict(compile_kwargs or {})
+        self._compiled = False
+
+    # hparams as data ---------------------------------------------------------------------------------------
+    @staticmethod
+    def _metrics_as_data(metrics):
+        return [as_metric_config(m).to_dict() for m in metrics] if metrics else None
+
+    # freezing ------------------------------------------------------------------------------------------------
+    def train(self, mode: bool = True):
+        super().train(mode)
+        if getattr(self, "freeze_backbone", False):
+            self.backbone.eval()  # frozen backbone: BatchNorm statistics stay fixed too
+        return self
+
+    # compile -------------------------------------------------------------------------------------------------
+    def _maybe_compile(self):
+        """Compile in place (``nn.Module.compile``: parameter names and checkpoints unchanged).
+
+        ``compile_model=True`` compiles on CUDA only, where it pays off; on CPU, compile time dwarfs any gain for
+        these models, so it is skipped unless ``compile_model='force'``.
+        """
+        if self._compiled or not self.compile_model:
+            return
+        if self.compile_model is True and self.device.type != "cuda":
+            return
+        for module in self.compiled_modules():
+            module.compile(**self.compile_kwargs)
+        self._compiled = True
+
+    def compiled_modules(self) -> list[nn.Module]:
+        return [self.backbone]
+
+    def on_fit_start(self):
+        self._maybe_compile()
+
+    # optimizers ----------------------------------------------------------------------------------------------
+    def _check_optim_names(self):
+        opt = self.optimizer_cfg
+        if isinstance(opt, str):
+            named_choice(opt, OPTIMIZERS, "optimizer")
+        elif isinstance(opt, dict) or hasattr(opt, "keys"):
+            opt = dict(opt)
+            if "name" in opt:
+                named_choice(opt["name"], OPTIMIZERS, "optimizer.name")
+            elif "class" not in opt:
+                raise ValueError(f"optimizer dict needs 'name' ({sorted(OPTIMIZERS)}) or 'class' (dotted path)")
+        else:
+            raise TypeError(f"optimizer must be a name or a dict, got {type(opt)!r}")
+        sch = self.scheduler_cfg
+        if sch is None:
+            return
+        if isinstance(sch, str):
+            named_choice(sch, SCHEDULERS, "scheduler")
+        elif isinstance(sch, dict) or hasattr(sch, "keys"):
+            sch = dict(sch)
+            if "name" in sch:
+                named_choice(sch["name"], SCHEDULERS, "scheduler.name")
+            elif "class" not in sch:
+                raise ValueError(f"scheduler dict needs 'name' ({list(SCHEDULERS)}) or 'class' (dotted path)")
+        else:
+            raise TypeError(f"scheduler must be a name, a dict or None, got {type(sch)!r}")
+
+    def _param_groups(self, weight_decay: float):
+        decay, no_decay = [], []
+        for _, p in self.named_parameters():
+            if not p.requires_grad:
+                continue
+            (no_decay if p.ndim <= 1 else decay).append(p)  # no weight decay on norms and biases
+        return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+
+    def configure_optimizers(self):
+        opt_cfg = {"name": self.optimizer_cfg} if isinstance(self.optimizer_cfg, str) else dict(self.optimizer_cfg)
+        lr = opt_cfg.pop("lr", self.lr)
+        wd = opt_cfg.pop("weight_decay", self.weight_decay)
+        if "class" in opt_cfg:
+            module, _, name = opt_cfg.pop("class").rpartition(".")
+            opt_cls = getattr(importlib.import_module(module), name)
+        else:
+            opt_cls = OPTIMIZERS[opt_cfg.pop("name").lower()]
+        if opt_cls is torch.optim.SGD:
+            opt_cfg.setdefault("momentum", 0.9)
+        optimizer = opt_cls(self._param_groups(wd), lr=lr, **opt_cfg)
+        scheduler = self._build_scheduler(optimizer, lr)
+        if scheduler is None:
+            return optimizer
+        return {"optimizer": optimizer, "lr_scheduler": scheduler}
+
+    def _total_steps(self) -> int:
+        try:
+            steps = int(self.trainer.estimated_stepping_batches)
+        except Exception:  # noqa: BLE001 - no trainer attached
+            steps = 1000
+        return max(1, steps if math.isfinite(steps) else 1000)
+
+    def _build_scheduler(self, optimizer, lr: float):
+        cfg = self.scheduler_cfg
+        if cfg is None:
+            return None
+        cfg = {"name": cfg} if isinstance(cfg, str) else dict(cfg)
+        interval = cfg.pop("interval", None)
+        frequency = cfg.pop("frequency", 1)
+        if "class" in cfg:
+            module, _, name = cfg.pop("class").rpartition(".")
+            sched = getattr(importlib.import_module(module), name)(optimizer, **cfg)
+            return {"scheduler": sched, "interval": interval or "epoch", "frequency": frequency}
+        name = cfg.pop("name").lower()
+        total = self._total_steps()
+        if name == "none":
+            return None
+        if name == "cosine":
+            warmup = int(cfg.pop("warmup_steps", 0))
+            eta_min = float(cfg.pop("eta_min", 0.0))
+            sched = _warmup_cosine(optimizer, total, warmup, eta_min / lr if lr else 0.0)
+            interval = interval or "step"
+        elif name == "poly":
+            power = float(cfg.pop("power", 0.9))
+            sched = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: max(0.0, 1 - s / total) ** power)
+            interval = interval or "step"
+        elif name == "onecycle":
+            sched = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=cfg.pop("max_lr", lr), total_steps=total,
+                                                        **cfg)
+            interval = interval or "step"
+        elif name == "step":
+            sched = torch.optim.lr_scheduler.StepLR(optimizer, step_size=cfg.pop("step_size", 10),
+                                                    gamma=cfg.pop("gamma", 0.1), **cfg)
+            interval = interval or "epoch"
+        elif name == "multistep":
+            sched = torch.optim.lr_scheduler.MultiStepLR(optimizer, milestones=cfg.pop("milestones", [30, 60]),
+                                                         gamma=cfg.pop("gamma", 0.1), **cfg)
+            interval = interval or "epoch"
+        else:  # pragma: no cover - validated in __init__
+            raise ValueError(name)
+        return {"scheduler": sched, "interval": interval, "frequency": frequency}
+
+    # logging -------------------------------------------------------------------------------------------------
+    def on_before_optimizer_step(self, optimizer):
+        lc = self.logging_config
+        if lc.log_learning_rate:
+            self.log("train/lr", optimizer.param_groups[0]["lr"], on_step=True, on_epoch=False)
+        if lc.log_gradient_norm:
+            grads = [p.grad for p in self.parameters() if p.grad is not None]
+            if grads:
+                self.log("train/grad_norm", torch.nn.utils.get_total_norm(grads), on_step=True, on_epoch=False)
+        if lc.log_weight_norm:
+            weights = [p.detach() for p in self.parameters() if p.requires_grad]
+            self.log("train/weight_norm", torch.nn.utils.get_total_norm(weights), on_step=True, on_epoch=False)
+
+    def _log_metrics(self, stage: str, on_step: bool | None = None):
+        for cfg, metric in self.metric_manager.for_stage(stage):
+            self.log(f"{stage}/{cfg.name}", metric, on_step=cfg.log_on_step if on_step is None else on_step,
+                     on_epoch=cfg.log_on_epoch, prog_bar=cfg.prog_bar)
+
+
+def _warmup_cosine(optimizer, total: int, warmup: int, floor: float):
+    def factor(step: int) -> float:
+        if step < warmup:
+            return (step + 1) / max(1, warmup)
+        progress = min(1.0, (step - warmup) / max(1, total - warmup))
+        return floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * progress))
+
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+
+
+def warn_once(msg: str, _seen: set = set()):  # noqa: B006 - intentional process-wide memo
+    if msg not in _seen:
+        _seen.add(msg)
+        warnings.warn(msg, stacklevel=3)
+
+
+Factory = Callable[..., nn.Module]

@@ -1,0 +1,206 @@
+"""SemanticSegmentor: timm backbone -> head -> per-pixel logits at input resolution."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from ..backbones import FeatureBackboneConfig, TimmFeatureBackbone, as_backbone_config
+from ..heads import HEADS
+from ..losses import LOSSES
+from ..metrics import MetricConfig
+from ..training.logging_config import LoggingConfig
+from .base import BaseTask, Factory, build_component, component_spec, named_choice
+
+
+class SemanticSegmentor(BaseTask):
+    """Semantic segmentation on any timm backbone.
+
+    Args:
+        backbone: timm model name or ``FeatureBackboneConfig``.
+        num_classes: number of classes (background included where the dataset has one).
+        head_type: ``"deeplabv3plus"`` or ``"fcn"``.
+        loss_type: ``"ce"``, ``"dice"``, ``"focal"``, ``"tversky"`` or ``"combined"`` (CE + Dice).
+        dice_weight / ce_weight: weights of the combined loss.
+        ignore_index: label ignored by loss and metrics (void, padding).
+        metrics: ``MetricConfig`` list; ``num_classes`` and ``ignore_index`` are passed to metrics that take them.
+        lr / weight_decay: optimizer settings (no weight decay on norms and biases).
+        optimizer: ``adamw``, ``adam``, ``sgd``, ``rmsprop`` or a dict (``{"name": "sgd", "momentum": 0.9}``,
+            ``{"class": "torch.optim.NAdam", ...}``).
+        scheduler: ``cosine`` (per step, optional ``warmup_steps``), ``poly``, ``onecycle``, ``step``,
+            ``multistep``, ``none``/None, or a dict with ``name`` or ``class``.
+        freeze_backbone: train the head only (backbone weights and BatchNorm statistics fixed).
+        logging_config: ``LoggingConfig`` (learning rate, gradient norm, weight norm).
+        compile_model: ``torch.compile`` the model in place when training on CUDA; ``"force"`` compiles anywhere.
+        compile_kwargs: arguments for ``torch.compile``.
+        head: a head factory overriding ``head_type``: a class, a ``functools.partial`` of one, or a
+            ``{"_target_": ..., **kwargs}`` dict; it is called with ``in_channels``, ``num_classes``, ``reductions``.
+            (Hydra's ``conf/head/*.yaml`` pass this.)
+        loss: a loss factory overriding ``loss_type`` (same forms), called with ``num_classes`` and ``ignore_index``.
+        channels_last: run convolutions in channels-last memory format.
+    """
+
+    def __init__(
+        self,
+        backbone: str | FeatureBackboneConfig | dict,
+        num_classes: int,
+        head_type: str = "deeplabv3plus",
+        loss_type: str = "combined",
+        dice_weight: float = 1.0,
+        ce_weight: float = 1.0,
+        ignore_index: int = 255,
+        metrics: list[MetricConfig | dict] | None = None,
+        lr: float = 1e-4,
+        weight_decay: float = 1e-4,
+        optimizer: str | dict = "adamw",
+        scheduler: str | dict | None = "cosine",
+        freeze_backbone: bool = False,
+        logging_config: LoggingConfig | dict | None = None,
+        compile_model: bool | str = True,
+        compile_kwargs: dict | None = None,
+        head: Factory | dict | None = None,
+        loss: Factory | dict | None = None,
+        channels_last: bool = False,
+    ):
+        super().__init__()
+        if not isinstance(num_classes, int) or num_classes < 1:
+            raise ValueError(f"num_classes must be an integer >= 1, got {num_classes!r}")
+        head_type = named_choice(head_type, HEADS, "head_type")
+        loss_type = named_choice(loss_type, LOSSES, "loss_type")
+        backbone_cfg = as_backbone_config(backbone)
+        head_spec = component_spec(head, "head") or {"_target_": _path(HEADS[head_type])}
+        loss_spec = component_spec(loss, "loss") or _default_loss_spec(loss_type, ce_weight, dice_weight)
+
+        # hparams are plain data; weights come from the checkpoint, so reloading never downloads them again
+        backbone = {**backbone_cfg.to_dict(), "pretrained": False}
+        head, loss = head_spec, loss_spec
+        metrics = self._metrics_as_data(metrics)
+        logging_config = logging_config.to_dict() if isinstance(logging_config, LoggingConfig) else logging_config
+        self.save_hyperparameters()
+
+        self.num_classes = num_classes
+        self.ignore_index = ignore_index
+        self.head_type = _name_of(head_spec, HEADS, head_type)
+        self.loss_type = _name_of(loss_spec, LOSSES, loss_type)
+        self.channels_last = channels_last
+        self.backbone = TimmFeatureBackbone(backbone_cfg)
+        self.head = build_component(head_spec, in_channels=self.backbone.channels, num_classes=num_classes,
+                                    reductions=self.backbone.reductions)
+        self.criterion = build_component(loss_spec, num_classes=num_classes, ignore_index=ignore_index)
+        self._setup_common(lr=lr, weight_decay=weight_decay, optimizer=optimizer, scheduler=scheduler,
+                           metrics=metrics, metric_defaults={"num_classes": num_classes, "ignore_index": ignore_index},
+                           logging_config=logging_config, freeze_backbone=freeze_backbone,
+                           compile_model=compile_model, compile_kwargs=compile_kwargs)
+        if channels_last:
+            self.to(memory_format=torch.channels_last)
+
+    def compiled_modules(self) -> list[nn.Module]:
+        return [self.backbone, self.head]
+
+    # inference ---------------------------------------------------------------------------------------------------
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        """Logits ``[B, num_classes, H, W]`` at the input resolution."""
+        if self.channels_last:
+            images = images.contiguous(memory_format=torch.channels_last)
+        logits = self.head(self.backbone(images))
+        return F.interpolate(logits, size=images.shape[-2:], mode="bilinear", align_corners=False)
+
+    @torch.no_grad()
+    def predict(self, images: torch.Tensor, original_size: Sequence[int] | None = None) -> torch.Tensor:
+        """Class ids ``[B, H, W]`` (int64) at the input resolution, or at ``original_size=(H, W)`` when given
+        (logits are resized before the argmax, so boundaries stay smooth)."""
+        was_training = self.training
+        self.eval()
+        try:
+            logits = self(images)
+            if original_size is not None:
+                logits = F.interpolate(logits, size=tuple(int(s) for s in original_size), mode="bilinear",
+                                       align_corners=False)
+            return logits.argmax(dim=1)
+        finally:
+            self.train(was_training)
+
+    def logits_to_original(self, logits: torch.Tensor, valid_size: torch.Tensor | None,
+                           orig_size: torch.Tensor) -> list[torch.Tensor]:
+        """Per image: crop the un-padded region, resize logits to the original size, argmax -> ``[h, w]``."""
+        out = []
+        for i in range(logits.shape[0]):
+            lg = logits[i: i + 1]
+            if valid_size is not None:
+                vh, vw = (int(v) for v in valid_size[i])
+                lg = lg[..., :vh, :vw]
+            h, w = (int(v) for v in orig_size[i])
+            out.append(F.interpolate(lg, size=(h, w), mode="bilinear", align_corners=False).argmax(1)[0])
+        return out
+
+    # steps -------------------------------------------------------------------------------------------------------
+    def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:
+        images, masks = batch["image"], batch["mask"]
+        logits = self(images)
+        loss = self.criterion(logits, masks)
+        self.log("train/loss", loss, on_step=True, on_epoch=True, prog_bar=True, batch_size=images.shape[0])
+        if any(True for _ in self.metric_manager.for_stage("train")):
+            preds = logits.detach().argmax(1)
+            for _, metric in self.metric_manager.for_stage("train"):
+                metric.update(preds, masks)
+            self._log_metrics("train")
+        return loss
+
+    def _eval_step(self, batch: dict[str, Any], stage: str) -> torch.Tensor:
+        images, masks = batch["image"], batch["mask"]
+        logits = self(images)
+        loss = self.criterion(logits, masks)
+        self.log(f"{stage}/loss", loss, on_step=False, on_epoch=True, prog_bar=stage == "val",
+                 batch_size=images.shape[0], sync_dist=True)
+        metrics = list(self.metric_manager.for_stage(stage))
+        if metrics:
+            if "orig_mask" in batch:  # score against the original-resolution labels
+                preds = self.logits_to_original(logits, batch.get("valid_size"), batch["orig_size"])
+                for pred, target in zip(preds, batch["orig_mask"]):
+                    for _, metric in metrics:
+                        metric.update(pred[None], target[None].to(pred.device))
+            else:
+                preds = logits.argmax(1)
+                for _, metric in metrics:
+                    metric.update(preds, masks)
+            self._log_metrics(stage, on_step=False)
+        return loss
+
+    def validation_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:
+        return self._eval_step(batch, "val")
+
+    def test_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:
+        return self._eval_step(batch, "test")
+
+    def predict_step(self, batch: dict[str, Any] | torch.Tensor, batch_idx: int = 0, dataloader_idx: int = 0):
+        """A tensor batch -> ``[B,H,W]`` class ids; a datamodule batch -> one ``[h,w]`` map per image at its
+        original size."""
+        if isinstance(batch, torch.Tensor):
+            return self.predict(batch)
+        logits = self(batch["image"])
+        if "orig_size" in batch:
+            return self.logits_to_original(logits, batch.get("valid_size"), batch["orig_size"])
+        return logits.argmax(1)
+
+
+def _path(cls: type) -> str:
+    return f"{cls.__module__}.{cls.__qualname__}"
+
+
+def _default_loss_spec(loss_type: str, ce_weight: float, dice_weight: float) -> dict[str, Any]:
+    spec: dict[str, Any] = {"_target_": _path(LOSSES[loss_type])}
+    if loss_type == "combined":
+        spec.update(ce_weight=ce_weight, dice_weight=dice_weight)
+    return spec
+
+
+def _name_of(spec: dict[str, Any], registry: dict[str, type], default: str) -> str:
+    for name, cls in registry.items():
+        if spec["_target_"] in (_path(cls), f"autotimm.{cls.__name__}", f"autotimm.heads.{cls.__name__}",
+                                f"autotimm.losses.{cls.__name__}"):
+            return name
+    return spec["_target_"].rpartition(".")[2] or default
