@@ -5,7 +5,22 @@ from __future__ import annotations
 from typing import Any
 
 import pytorch_lightning as pl
+import torch
 from pytorch_lightning.callbacks import LearningRateMonitor, ModelCheckpoint, RichProgressBar
+
+
+def auto_precision(accelerator: str | None = "auto") -> str:
+    """bf16 autocast where the hardware runs it natively (CUDA with bf16, CPUs with AVX512-BF16/AMX), else fp32."""
+    want_cuda = accelerator in (None, "auto", "gpu", "cuda")
+    if want_cuda and torch.cuda.is_available():
+        return "bf16-mixed" if torch.cuda.is_bf16_supported() else "16-mixed"
+    if accelerator in (None, "auto", "cpu"):
+        try:
+            if torch.ops.mkldnn._is_mkldnn_bf16_supported():
+                return "bf16-mixed"
+        except (AttributeError, RuntimeError):
+            pass
+    return "32-true"
 
 
 class AutoTrainer(pl.Trainer):
@@ -15,6 +30,7 @@ class AutoTrainer(pl.Trainer):
     - ``RichProgressBar`` (when the progress bar is enabled);
     - ``LearningRateMonitor`` (when a logger is configured).
 
+    ``precision="auto"`` picks bf16 autocast where the hardware has it (see ``auto_precision``), else fp32.
     There is no hidden learning-rate finder or other tuning: ``fit`` trains with what you passed.
 
     Args:
@@ -39,6 +55,8 @@ class AutoTrainer(pl.Trainer):
             callbacks.append(RichProgressBar())
         if trainer_kwargs.get("logger", True) not in (False, None, []) and not have(LearningRateMonitor):
             callbacks.append(LearningRateMonitor(logging_interval="step"))
+        if trainer_kwargs.get("precision") == "auto":
+            trainer_kwargs["precision"] = auto_precision(trainer_kwargs.get("accelerator", "auto"))
         self.checkpoint_monitor = checkpoint_monitor
         self.checkpoint_mode = checkpoint_mode
         super().__init__(callbacks=callbacks, **trainer_kwargs)

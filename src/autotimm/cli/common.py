@@ -1,0 +1,64 @@
+"""Shared pieces of the entry points: building objects from a composed config, writing run results."""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+from pathlib import Path
+from typing import Any
+
+import pytorch_lightning as pl
+import torch
+from hydra.utils import instantiate
+from omegaconf import DictConfig, OmegaConf
+
+log = logging.getLogger("autotimm")
+
+
+def instantiate_group(cfg: DictConfig | None) -> list[Any]:
+    """``{name: {_target_: ...}}`` -> list of objects (callbacks, loggers)."""
+    if not cfg:
+        return []
+    return [instantiate(c) for c in cfg.values() if c is not None and "_target_" in c]
+
+
+def build_trainer(cfg: DictConfig, callbacks: bool = True) -> pl.Trainer:
+    cbs = instantiate_group(cfg.get("callbacks")) if callbacks else []
+    loggers = instantiate_group(cfg.get("logger"))
+    trainer = instantiate(cfg.trainer, callbacks=cbs, logger=loggers or False)
+    container = OmegaConf.to_container(cfg, resolve=True)
+    for lg in loggers:
+        lg.log_hyperparams(container)
+    return trainer
+
+
+def scalar_metrics(metrics: dict[str, Any]) -> dict[str, float]:
+    out = {}
+    for k, v in metrics.items():
+        if isinstance(v, torch.Tensor) and v.numel() == 1:
+            v = v.item()
+        if isinstance(v, (int, float)) and not k.endswith(("_step", "_epoch")):
+            out[k] = float(v) if math.isfinite(float(v)) else str(v)
+    return dict(sorted(out.items()))
+
+
+def write_metrics(output_dir: str | Path, metrics: dict[str, Any], **extra: Any) -> Path:
+    path = Path(output_dir) / "metrics.json"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".json.tmp")
+    tmp.write_text(json.dumps({**metrics, **extra}, indent=2, default=str))
+    tmp.replace(path)
+    return path
+
+
+def print_summary(title: str, metrics: dict[str, Any]) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title=title)
+    table.add_column("metric")
+    table.add_column("value", justify="right")
+    for k, v in metrics.items():
+        table.add_row(k, f"{v:.4f}" if isinstance(v, float) else str(v))
+    Console().print(table)

@@ -1,0 +1,29 @@
+"""Evaluate a checkpoint on the test split of the configured dataset (``python eval.py ckpt_path=...``)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from hydra.utils import get_class, instantiate
+from omegaconf import DictConfig
+
+from .common import build_trainer, log, print_summary, scalar_metrics, write_metrics
+from .train import output_dir
+
+
+def evaluate(cfg: DictConfig) -> dict[str, Any]:
+    ckpt = Path(str(cfg.ckpt_path))
+    if not ckpt.is_file():
+        raise FileNotFoundError(f"ckpt_path: {ckpt} does not exist")
+    datamodule = instantiate(cfg.dataset)
+    model_cls = get_class(cfg.model._target_)
+    # hyper-parameters come from the checkpoint; weights-only loading never runs code from the file
+    model = model_cls.load_from_checkpoint(str(ckpt), map_location="cpu", weights_only=True)
+    trainer = build_trainer(cfg, callbacks=False)
+    log.info("testing %s", ckpt)
+    trainer.test(model, datamodule=datamodule)
+    metrics = scalar_metrics(trainer.callback_metrics)
+    write_metrics(output_dir(cfg), metrics, ckpt_path=str(ckpt), status="completed")
+    print_summary(f"test metrics of {ckpt.name}", metrics)
+    return metrics

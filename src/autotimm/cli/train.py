@@ -1,0 +1,49 @@
+"""Training from a composed Hydra config (``python train.py`` at the repository root calls ``train``)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytorch_lightning as pl
+from hydra.core.hydra_config import HydraConfig
+from hydra.utils import instantiate
+from omegaconf import DictConfig
+
+from .common import build_trainer, log, print_summary, scalar_metrics, write_metrics
+
+
+def output_dir(cfg: DictConfig) -> str:
+    try:
+        return HydraConfig.get().runtime.output_dir
+    except ValueError:  # composed outside @hydra.main (tests)
+        return str(cfg.paths.output_dir)
+
+
+def train(cfg: DictConfig) -> dict[str, Any]:
+    """Fit (and optionally test) the model; return the final metrics, also written to ``metrics.json``."""
+    if cfg.get("seed") is not None:
+        pl.seed_everything(cfg.seed, workers=True)
+    datamodule = instantiate(cfg.dataset)
+    model = instantiate(cfg.model)
+    trainer = build_trainer(cfg)
+    out = output_dir(cfg)
+    if cfg.get("train", True):
+        log.info("training %s on %s", type(model).__name__, type(datamodule).__name__)
+        trainer.fit(model, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"))
+    metrics = scalar_metrics(trainer.callback_metrics)
+    ckpt_cb = trainer.checkpoint_callback
+    best = getattr(ckpt_cb, "best_model_path", "") or ""
+    if cfg.get("test", False):
+        trainer.test(model, datamodule=datamodule, ckpt_path=best or None, weights_only=True)
+        metrics.update(scalar_metrics(trainer.callback_metrics))
+    extra = {"best_model_path": best, "monitor": cfg.get("optimized_metric"),
+             "best_model_score": float(ckpt_cb.best_model_score) if getattr(ckpt_cb, "best_model_score", None)
+             is not None else None, "global_step": trainer.global_step, "status": "completed"}
+    write_metrics(out, metrics, **extra)
+    print_summary(f"final metrics ({out})", metrics)
+    return {**metrics, **extra}
+
+
+def optimized_value(cfg: DictConfig, metrics: dict[str, Any]) -> float | None:
+    name = cfg.get("optimized_metric")
+    return metrics.get(name) if name else None

@@ -1,0 +1,102 @@
+"""Compose every option of every config group and instantiate what it configures."""
+
+from pathlib import Path
+
+import pytest
+import torch
+from hydra import compose, initialize_config_dir
+from hydra.core.global_hydra import GlobalHydra
+from hydra.core.hydra_config import HydraConfig
+from hydra.utils import instantiate
+from omegaconf import open_dict
+
+import autotimm
+from autotimm.cli.common import instantiate_group
+
+CONF = Path(__file__).resolve().parents[1] / "conf"
+GROUPS = ["backbone", "head", "loss", "dataset", "augmentation", "trainer", "model", "logger", "callbacks",
+          "experiment", "debug", "paths", "hydra"]
+
+
+def options(group):
+    return sorted(p.stem for p in (CONF / group).glob("*.yaml"))
+
+
+def compose_cfg(tmp_path, overrides, config_name="train"):
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+        cfg = compose(config_name=config_name, overrides=overrides, return_hydra_config=True)
+    with open_dict(cfg):
+        cfg.paths.output_dir = str(tmp_path)
+        cfg.paths.data_dir = str(tmp_path / "data")
+        cfg.hydra.runtime.output_dir = str(tmp_path)
+        cfg.hydra.job.num = 0
+    HydraConfig.instance().set_config(cfg)
+    return cfg
+
+
+CASES = [(g, o) for g in GROUPS for o in options(g) if g not in ("paths", "hydra")]
+
+
+def test_every_group_has_options():
+    for g in GROUPS:
+        assert options(g), f"conf/{g}/ is empty"
+
+
+@pytest.mark.parametrize("group, option", CASES, ids=[f"{g}={o}" for g, o in CASES])
+def test_compose_and_instantiate(tmp_path, group, option):
+    overrides = [f"{group}={option}"]
+    if group not in ("backbone", "experiment"):
+        overrides.append("backbone=test_resnet")  # keep it small; experiments pick their own backbone
+    cfg = compose_cfg(tmp_path, overrides)
+    if group == "experiment":
+        with open_dict(cfg):
+            cfg.backbone.pretrained = False  # no download in tests; the config itself keeps pretrained: true
+    if group == "backbone":
+        with open_dict(cfg):
+            cfg.backbone.pretrained = False
+    dm = instantiate(cfg.dataset)
+    assert isinstance(dm, autotimm.SegmentationDataModule)
+    assert dm.augmentation_preset == cfg.dataset.augmentation_preset
+    # num_classes and ignore_index flow from the dataset
+    assert cfg.model.num_classes == cfg.dataset.num_classes and cfg.model.ignore_index == cfg.dataset.ignore_index
+    if group in ("backbone", "head", "loss", "model", "experiment", "dataset"):
+        model = instantiate(cfg.model)
+        assert isinstance(model, autotimm.SemanticSegmentor)
+        size = 64 if cfg.backbone.model_name != "vit_small_patch16_224" else cfg.dataset.image_size
+        with torch.no_grad():
+            out = model.eval()(torch.randn(1, 3, size, size))
+        assert out.shape == (1, cfg.dataset.num_classes, size, size)
+    if group in ("trainer", "callbacks", "logger", "debug"):
+        if group == "trainer" and option == "gpu" and not torch.cuda.is_available():
+            with open_dict(cfg):
+                cfg.trainer.accelerator = "cpu"
+                cfg.trainer.precision = "bf16-mixed"
+        if group == "trainer" and option == "ddp":
+            with open_dict(cfg):
+                cfg.trainer.accelerator = "cpu"
+        callbacks = instantiate_group(cfg.get("callbacks"))
+        loggers = instantiate_group(cfg.get("logger"))
+        trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)
+        assert isinstance(trainer, autotimm.AutoTrainer)
+    if group == "head":
+        want = {"deeplabv3plus": autotimm.DeepLabV3PlusHead, "fcn": autotimm.FCNHead}[option]
+        assert isinstance(model.head, want)
+    if group == "loss":
+        assert model.loss_type == option
+
+
+def test_command_line_style_overrides(tmp_path):
+    cfg = compose_cfg(tmp_path, ["head=fcn", "loss=tversky", "backbone=test_resnet"])
+    model = instantiate(cfg.model)
+    assert isinstance(model.head, autotimm.FCNHead) and isinstance(model.criterion, autotimm.TverskyLoss)
+    assert (model.criterion.alpha, model.criterion.beta) == (0.3, 0.7)
+    cfg = compose_cfg(tmp_path, ["loss.dice_weight=0.5", "backbone=test_resnet"])
+    model = instantiate(cfg.model)
+    assert model.criterion.dice_weight == 0.5 and model.criterion.ce_weight == 1.0
+    assert model.hparams.loss["dice_weight"] == 0.5
+    cfg = compose_cfg(tmp_path, ["backbone=convnext_tiny"])
+    assert cfg.backbone.model_name == "convnext_tiny"
+    assert cfg.backbone.pretrained is False  # shapes dataset trains from scratch
+    cfg = compose_cfg(tmp_path, ["backbone=convnext_tiny", "dataset=cityscapes"])
+    assert cfg.backbone.pretrained is True and cfg.model.num_classes == 19

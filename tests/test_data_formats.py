@@ -1,0 +1,209 @@
+"""Every data format on small generated trees, asserting exact label sets."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from pycocotools import mask as mask_utils
+
+from autotimm import SegmentationDataModule
+from autotimm.data import DatasetLayoutError, generate_shapes
+from autotimm.data.formats import coco as coco_fmt
+
+
+def save_rgb(path, h, w, seed=0):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(seed)
+    Image.fromarray(rng.integers(0, 255, (h, w, 3), dtype=np.uint8)).save(path)
+
+
+def voc_palette():
+    pal = np.zeros((256, 3), np.uint8)
+    for i in range(256):  # the standard VOC bit-interleaved palette
+        c, r, g, b = i, 0, 0, 0
+        for j in range(8):
+            r |= ((c >> 0) & 1) << (7 - j)
+            g |= ((c >> 1) & 1) << (7 - j)
+            b |= ((c >> 2) & 1) << (7 - j)
+            c >>= 3
+        pal[i] = (r, g, b)
+    return pal.flatten().tolist()
+
+
+def datamodule(root, fmt, **kw):
+    dm = SegmentationDataModule(root, format=fmt, image_size=32, batch_size=2, num_workers=0, **kw)
+    dm.setup("fit")
+    return dm
+
+
+def test_png_layout(tmp_path):
+    for split in ("train", "val"):
+        for i in range(2):
+            save_rgb(tmp_path / split / "images" / f"im{i}.jpg", 20, 30, i)
+            m = np.zeros((20, 30), np.uint8)
+            m[5:10, 5:10] = 2
+            m[0, :] = 255
+            (tmp_path / split / "masks").mkdir(parents=True, exist_ok=True)
+            Image.fromarray(m, mode="L").save(tmp_path / split / "masks" / f"im{i}.png")
+    dm = datamodule(tmp_path, "png", num_classes=3)
+    item = dm.val_dataset[0]
+    assert set(torch.unique(item["orig_mask"]).tolist()) == {0, 2, 255}
+    assert item["orig_size"].tolist() == [20, 30]
+    batch = next(iter(dm.train_dataloader()))
+    assert batch["image"].shape == (2, 3, 32, 32) and batch["image"].dtype == torch.float32
+    assert batch["mask"].dtype == torch.int64 and set(torch.unique(batch["mask"]).tolist()) <= {0, 2, 255}
+
+
+def test_png_errors_name_the_files(tmp_path):
+    save_rgb(tmp_path / "train" / "images" / "a.png", 8, 8)
+    (tmp_path / "train" / "masks").mkdir(parents=True)
+    with pytest.raises(ValueError, match=r"have no mask .*a\.png"):
+        datamodule(tmp_path, "png")
+    with pytest.raises(DatasetLayoutError, match="does not exist"):
+        datamodule(tmp_path / "nope", "png")
+    Image.fromarray(np.full((8, 8), 7, np.uint8)).save(tmp_path / "train" / "masks" / "a.png")
+    save_rgb(tmp_path / "val" / "images" / "a.png", 8, 8)
+    (tmp_path / "val" / "masks").mkdir(parents=True)
+    Image.fromarray(np.full((8, 8), 0, np.uint8)).save(tmp_path / "val" / "masks" / "a.png")
+    dm = datamodule(tmp_path, "png", num_classes=3)
+    with pytest.raises(ValueError, match=r"a\.png: mask values \[7\] are >= num_classes=3"):
+        dm.train_dataset[0]
+
+
+def test_voc_palette_read_as_indices(tmp_path):
+    base = tmp_path / "VOCdevkit" / "VOC2012"
+    m = np.zeros((16, 16), np.uint8)
+    m[2:6, 2:6] = 1
+    m[8:12, 8:12] = 15
+    m[0, :] = 255
+    for split, ids in (("train", ["2007_000001"]), ("val", ["2007_000002"])):
+        (base / "ImageSets" / "Segmentation").mkdir(parents=True, exist_ok=True)
+        (base / "ImageSets" / "Segmentation" / f"{split}.txt").write_text("\n".join(ids) + "\n")
+        for i in ids:
+            save_rgb(base / "JPEGImages" / f"{i}.jpg", 16, 16)
+            (base / "SegmentationClass").mkdir(parents=True, exist_ok=True)
+            im = Image.fromarray(m, mode="P")
+            im.putpalette(voc_palette())
+            im.save(base / "SegmentationClass" / f"{i}.png")
+    # the palette colour of class 15 (person) is (192,128,128): read as grey it would become some other value
+    for root in (tmp_path, base):  # VOCdevkit/VOC2012 or its contents
+        dm = datamodule(root, "voc", num_classes=21)
+        orig = dm.val_dataset[0]["orig_mask"].numpy()
+        assert set(np.unique(orig).tolist()) == {0, 1, 15, 255}
+        assert (orig == m).all()
+
+
+def test_cityscapes_label_ids_to_train_ids(tmp_path):
+    label_ids = np.array([[0, 1, 7, 8], [26, 33, 24, 4]], np.uint8).repeat(4, 0).repeat(4, 1)  # 8x16
+    expected = {0: 255, 1: 255, 7: 0, 8: 1, 26: 13, 33: 18, 24: 11, 4: 255}
+    for split in ("train", "val"):
+        save_rgb(tmp_path / "leftImg8bit" / split / "aachen" / "aachen_000000_000019_leftImg8bit.png", 8, 16)
+        p = tmp_path / "gtFine" / split / "aachen" / "aachen_000000_000019_gtFine_labelIds.png"
+        p.parent.mkdir(parents=True)
+        Image.fromarray(label_ids).save(p)
+    dm = datamodule(tmp_path, "cityscapes", num_classes=19)
+    orig = dm.val_dataset[0]["orig_mask"].numpy()
+    want = np.vectorize(expected.get)(label_ids)
+    assert (orig == want).all()
+    assert set(np.unique(orig).tolist()) == {0, 1, 11, 13, 18, 255}
+
+
+def write_coco(root, split_dir="val2017", ann_name="instances_val2017.json"):
+    img_dir = root / split_dir
+    save_rgb(img_dir / "a.jpg", 20, 20)
+    square = np.zeros((20, 20), np.uint8)
+    square[10:20, 10:20] = 1
+    rle = mask_utils.encode(np.asfortranarray(square))
+    rle["counts"] = rle["counts"].decode()
+    crowd = np.zeros((20, 20), np.uint8)
+    crowd[0:2, 15:20] = 1
+    unc = {"size": [20, 20], "counts": []}  # uncompressed RLE, column-major runs
+    flat = crowd.flatten(order="F")
+    val, run = 0, 0
+    for v in flat:
+        if v != val:
+            unc["counts"].append(run)
+            val, run = v, 0
+        run += 1
+    unc["counts"].append(run)
+    anns = [
+        {"id": 1, "image_id": 42, "category_id": 7, "iscrowd": 0, "area": 100.0, "bbox": [0, 0, 10, 10],
+         "segmentation": [[0, 0, 10, 0, 10, 10, 0, 10]]},  # polygon, big
+        {"id": 2, "image_id": 42, "category_id": 90, "iscrowd": 0, "area": 100.0, "bbox": [10, 10, 10, 10],
+         "segmentation": rle},
+        {"id": 3, "image_id": 42, "category_id": 3, "iscrowd": 1, "area": 10.0, "bbox": [15, 0, 5, 2],
+         "segmentation": unc},
+    ]
+    data = {"images": [{"id": 42, "file_name": "a.jpg", "height": 20, "width": 20}], "annotations": anns,
+            "categories": [{"id": 3, "name": "car"}, {"id": 7, "name": "train"}, {"id": 90, "name": "brush"}]}
+    (root / "annotations").mkdir(parents=True, exist_ok=True)
+    (root / "annotations" / ann_name).write_text(json.dumps(data))
+
+
+def test_coco_rasterised_with_category_mapping(tmp_path):
+    write_coco(tmp_path, "train2017", "instances_train2017.json")
+    write_coco(tmp_path, "val2017", "instances_val2017.json")
+    dm = datamodule(tmp_path, "coco", num_classes=4)
+    orig = dm.val_dataset[0]["orig_mask"].numpy()
+    # category ids 3, 7, 90 -> classes 1, 2, 3 ; crowd -> 255 ; background 0
+    assert orig[5, 5] == 2 and orig[15, 15] == 3 and orig[0, 17] == 255 and orig[15, 2] == 0
+    assert set(np.unique(orig).tolist()) == {0, 2, 3, 255}
+    assert dm.class_names == ["background", "car", "train", "brush"]
+
+
+def test_coco_file_name_outside_folder_rejected(tmp_path):
+    write_coco(tmp_path, "val2017", "instances_val2017.json")
+    data = json.loads((tmp_path / "annotations" / "instances_val2017.json").read_text())
+    data["images"][0]["file_name"] = "../secret.jpg"
+    (tmp_path / "annotations" / "instances_val2017.json").write_text(json.dumps(data))
+    with pytest.raises(ValueError, match="points outside the image folder"):
+        coco_fmt.load_split(tmp_path, "val")
+
+
+def test_class_mapping_lookup_table(tmp_path):
+    for split in ("train", "val"):
+        save_rgb(tmp_path / split / "images" / "a.png", 4, 4)
+        m = np.array([[10, 20, 30, 255]] * 4, np.uint8)
+        (tmp_path / split / "masks").mkdir(parents=True)
+        Image.fromarray(m).save(tmp_path / split / "masks" / "a.png")
+    dm = datamodule(tmp_path, "png", class_mapping={10: 0, 20: 1, 30: 1}, num_classes=2)
+    assert dm.val_dataset[0]["orig_mask"][0].tolist() == [0, 1, 1, 255]
+    dm = datamodule(tmp_path, "png", class_mapping={10: 0, 20: 1}, num_classes=2)
+    with pytest.raises(ValueError, match=r"a\.png: label values \[30\] are not in the class mapping"):
+        dm.val_dataset[0]
+
+
+def test_shapes_png_and_coco_layouts_agree(shapes_root):
+    png = datamodule(shapes_root, "png", num_classes=5)
+    coco = datamodule(shapes_root, "coco", num_classes=5)
+    assert len(png.val_dataset) == len(coco.val_dataset) == 8
+    labels = set()
+    for i in range(len(png.val_dataset)):
+        a, b = png.val_dataset[i]["orig_mask"], coco.val_dataset[i]["orig_mask"]
+        assert torch.equal(a, b)
+        labels |= set(torch.unique(a).tolist())
+    assert labels <= {0, 1, 2, 3, 4, 255} and len(labels - {255}) >= 3
+
+
+def test_shapes_generation_is_deterministic(tmp_path):
+    a = generate_shapes(tmp_path / "a", num_train=3, num_val=2, image_size=32, seed=5)
+    b = generate_shapes(tmp_path / "b", num_train=3, num_val=2, image_size=32, seed=5)
+    for rel in ("train/images/00002.png", "val/masks/00001.png", "annotations/instances_val.json"):
+        assert (a / rel).read_bytes() == (b / rel).read_bytes()
+
+
+def test_eval_keeps_aspect_ratio(tmp_path):
+    for split in ("train", "val"):
+        save_rgb(tmp_path / split / "images" / "a.png", 40, 80)
+        m = np.zeros((40, 80), np.uint8)
+        m[:, 40:] = 1
+        (tmp_path / split / "masks").mkdir(parents=True)
+        Image.fromarray(m).save(tmp_path / split / "masks" / "a.png")
+    dm = datamodule(tmp_path, "png", num_classes=2)
+    item = dm.val_dataset[0]
+    assert item["image"].shape == (3, 32, 32)
+    assert item["valid_size"].tolist() == [16, 32]  # 40x80 -> 16x32, not squashed to 32x32
+    assert (item["mask"][16:] == 255).all() and (item["mask"][:16, 16:] == 1).all()
+    assert item["orig_mask"].shape == (40, 80)

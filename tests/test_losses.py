@@ -1,0 +1,96 @@
+"""Losses against hand-computed values, ignore_index semantics, all-ignored batches and bad labels."""
+
+import math
+
+import pytest
+import torch
+
+from autotimm.losses import (
+    CombinedSegmentationLoss,
+    CrossEntropySegmentationLoss,
+    DiceLoss,
+    FocalLossPixelwise,
+    TverskyLoss,
+)
+
+
+def two_pixels():
+    # pixel 0: logits (0, 0) -> p = (0.5, 0.5); pixel 1: logits (ln 3, 0) -> p = (0.75, 0.25)
+    logits = torch.tensor([[[[0.0, math.log(3.0)]], [[0.0, 0.0]]]])  # [1, 2, 1, 2]
+    target = torch.tensor([[[0, 1]]])  # [1, 1, 2]
+    return logits, target
+
+
+# hand computation (see comments): CE = (ln2 + ln4) / 2
+CE = (math.log(2) + math.log(4)) / 2
+# Dice, smooth=1: class0 TP=.5 FP=.75 FN=.5 ; class1 TP=.25 FP=.5 FN=.75
+DICE_S1 = 1 - ((2 * 0.5 + 1) / (2 * 0.5 + 0.75 + 0.5 + 1) + (2 * 0.25 + 1) / (2 * 0.25 + 0.5 + 0.75 + 1)) / 2
+DICE_S0 = 1 - ((1.0 / 2.25) + (0.5 / 1.75)) / 2
+TVERSKY = 1 - (0.5 / (0.5 + 0.3 * 0.75 + 0.7 * 0.5) + 0.25 / (0.25 + 0.3 * 0.5 + 0.7 * 0.75)) / 2
+FOCAL = (0.5**2 * math.log(2) + 0.75**2 * math.log(4)) / 2
+
+
+@pytest.mark.parametrize("loss, expected", [
+    (CrossEntropySegmentationLoss(2), CE),
+    (DiceLoss(2, smooth=1.0), DICE_S1),
+    (DiceLoss(2, smooth=0.0), DICE_S0),
+    (TverskyLoss(2, alpha=0.3, beta=0.7, smooth=0.0), TVERSKY),
+    (TverskyLoss(2, alpha=0.5, beta=0.5, smooth=0.0), DICE_S0),
+    (FocalLossPixelwise(2, gamma=2.0), FOCAL),
+    (CombinedSegmentationLoss(2, ce_weight=1.0, dice_weight=1.0), CE + DICE_S1),
+    (CombinedSegmentationLoss(2, ce_weight=0.5, dice_weight=2.0), 0.5 * CE + 2.0 * DICE_S1),
+])
+def test_hand_computed_values(loss, expected):
+    logits, target = two_pixels()
+    assert loss(logits, target).item() == pytest.approx(expected, abs=1e-6)
+
+
+LOSSES = [CrossEntropySegmentationLoss(2), DiceLoss(2), TverskyLoss(2, alpha=0.3, beta=0.7),
+          FocalLossPixelwise(2), CombinedSegmentationLoss(2)]
+
+
+@pytest.mark.parametrize("loss", LOSSES, ids=lambda m: type(m).__name__)
+def test_ignored_pixels_have_no_effect(loss):
+    logits, target = two_pixels()
+    target = target.clone()
+    target[0, 0, 1] = 255
+    x = logits.clone().requires_grad_(True)
+    value = loss(x, target)
+    value.backward()
+    # same value as a batch holding only the non-ignored pixel
+    alone = loss(logits[..., :1], target[..., :1])
+    assert value.item() == pytest.approx(alone.item(), abs=1e-6)
+    # and exactly zero gradient on the ignored pixel's logits, whatever they are
+    assert torch.all(x.grad[..., 1] == 0)
+    x2 = logits.clone()
+    x2[..., 1] = torch.tensor([[50.0], [-50.0]])
+    assert loss(x2, target).item() == pytest.approx(value.item(), abs=1e-6)
+
+
+@pytest.mark.parametrize("loss", LOSSES, ids=lambda m: type(m).__name__)
+def test_all_ignored_batch_gives_zero_and_finite_grads(loss):
+    x = torch.randn(2, 2, 4, 4, requires_grad=True)
+    target = torch.full((2, 4, 4), 255)
+    value = loss(x, target)
+    value.backward()
+    assert value.item() == 0.0
+    assert torch.isfinite(x.grad).all() and torch.all(x.grad == 0)
+
+
+@pytest.mark.parametrize("loss", LOSSES, ids=lambda m: type(m).__name__)
+def test_label_out_of_range_raises(loss):
+    logits, _ = two_pixels()
+    with pytest.raises(ValueError, match=r"labels \[7\] outside 0\.\.1.*ignore_index=255"):
+        loss(logits, torch.tensor([[[0, 7]]]))
+
+
+def test_combined_weights_both_zero_rejected():
+    with pytest.raises(ValueError, match="both 0"):
+        CombinedSegmentationLoss(3, ce_weight=0.0, dice_weight=0.0)
+
+
+def test_custom_ignore_index():
+    logits, target = two_pixels()
+    t = target.clone()
+    t[0, 0, 1] = -1
+    assert CrossEntropySegmentationLoss(2, ignore_index=-1)(logits, t).item() == pytest.approx(math.log(2), abs=1e-6)

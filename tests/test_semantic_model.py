@@ -1,0 +1,160 @@
+"""SemanticSegmentor: shapes and resolutions, every timm test model, heads, optimizers, checkpoints, metrics."""
+
+import pytest
+import timm
+import pytorch_lightning as pl
+import torch
+
+from autotimm import FeatureBackboneConfig, LoggingConfig, MetricConfig, SemanticSegmentor
+from autotimm.backbones import TimmFeatureBackbone
+from autotimm.heads import FCNHead
+
+TINY = FeatureBackboneConfig("test_resnet", pretrained=False)
+
+
+def make(**kw):
+    kw.setdefault("backbone", TINY)
+    kw.setdefault("num_classes", 3)
+    return SemanticSegmentor(**kw)
+
+
+@pytest.mark.parametrize("head_type", ["deeplabv3plus", "fcn"])
+def test_forward_and_predict_at_input_resolution(head_type):
+    model = make(head_type=head_type).eval()
+    x = torch.randn(2, 3, 96, 64)
+    assert model(x).shape == (2, 3, 96, 64)
+    pred = model.predict(x)
+    assert pred.shape == (2, 96, 64) and pred.dtype == torch.int64
+    assert model.predict(x, original_size=(300, 200)).shape == (2, 300, 200)
+
+
+def test_predict_matches_argmax_of_forward():
+    model = make().eval()
+    x = torch.randn(1, 3, 64, 64)
+    with torch.no_grad():
+        assert torch.equal(model.predict(x), model(x).argmax(1))
+
+
+def test_deeplab_rates_follow_output_stride_and_low_level_is_stride4():
+    for os_, rates in ((None, (3, 6, 9)), (16, (6, 12, 18)), (8, (12, 24, 36))):
+        model = make(backbone=FeatureBackboneConfig("resnet18", pretrained=False, output_stride=os_))
+        assert model.head.aspp.atrous_rates == rates
+        assert model.backbone.reductions[model.head.low_index] == 4
+
+
+def test_plain_vit_gets_a_pyramid():
+    bb = TimmFeatureBackbone(FeatureBackboneConfig("test_vit", pretrained=False))
+    assert bb.reductions == [4, 8, 16, 32]
+    feats = bb(torch.randn(1, 3, 64, 96))
+    assert [tuple(f.shape[-2:]) for f in feats] == [(16, 24), (8, 12), (4, 6), (2, 3)]
+
+
+TEST_MODELS = timm.list_models("test_*")
+
+
+@pytest.mark.parametrize("name", TEST_MODELS)
+def test_every_timm_test_model_trains_a_step(name):
+    size = timm.create_model(name, pretrained=False).pretrained_cfg["input_size"][-1]
+    model = make(backbone=FeatureBackboneConfig(name, pretrained=False, img_size=None))
+    x = torch.randn(2, 3, size, size)
+    y = torch.randint(0, 3, (2, size, size))
+    y[:, :4] = 255
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    before = [p.detach().clone() for p in model.head.parameters()]
+    loss = model.training_step({"image": x, "mask": y}, 0)
+    assert torch.isfinite(loss)
+    loss.backward()
+    opt.step()
+    assert any(not torch.equal(b, p) for b, p in zip(before, model.head.parameters()))
+
+
+def test_hparams_are_plain_data_and_checkpoint_reloads_weights_only(tmp_path):
+    model = make(head_type="fcn", loss_type="tversky", lr=3e-3, optimizer={"name": "sgd", "momentum": 0.8},
+                 metrics=[MetricConfig(name="miou", metric_class="JaccardIndex", params={"task": "multiclass"})],
+                 logging_config=LoggingConfig(log_gradient_norm=True))
+    trainer = pl.Trainer(max_steps=1, logger=False, enable_checkpointing=False, enable_progress_bar=False,
+                         enable_model_summary=False)
+    trainer.strategy.connect(model)
+    path = tmp_path / "m.ckpt"
+    trainer.save_checkpoint(path)
+    loaded = SemanticSegmentor.load_from_checkpoint(path, weights_only=True)
+    assert isinstance(loaded.head, FCNHead) and loaded.loss_type == "tversky" and loaded.lr == 3e-3
+    assert loaded.hparams.backbone["pretrained"] is False
+    x = torch.randn(1, 3, 64, 64)
+    with torch.no_grad():
+        assert torch.allclose(model.eval()(x), loaded.eval()(x))
+    assert not any("_orig_mod" in k for k in torch.load(path, weights_only=True)["state_dict"])
+
+
+def test_compile_is_skipped_on_cpu_unless_forced():
+    model = make()
+    model._maybe_compile()
+    assert not model._compiled
+    assert not any("_orig_mod" in k for k in model.state_dict())
+
+
+@pytest.mark.parametrize("optimizer", ["adamw", "adam", "sgd", "rmsprop", {"name": "sgd", "nesterov": True},
+                                       {"class": "torch.optim.NAdam"}])
+@pytest.mark.parametrize("scheduler", ["cosine", "step", "onecycle", "poly", "none", None,
+                                       {"name": "cosine", "warmup_steps": 5}])
+def test_optimizers_and_schedulers(optimizer, scheduler):
+    model = make(optimizer=optimizer, scheduler=scheduler)
+    out = model.configure_optimizers()
+    opt = out["optimizer"] if isinstance(out, dict) else out
+    assert isinstance(opt, torch.optim.Optimizer)
+    assert opt.param_groups[1]["weight_decay"] == 0.0  # norms and biases
+
+
+@pytest.mark.parametrize("kw, match", [
+    ({"head_type": "unet"}, r"head_type: unknown value 'unet'; valid: \['deeplabv3plus', 'fcn'\]"),
+    ({"loss_type": "lovasz"}, r"loss_type: unknown value 'lovasz'; valid: \['ce', 'combined', 'dice'"),
+    ({"optimizer": "lamb"}, r"optimizer: unknown value 'lamb'; valid: \['adam', 'adamw', 'rmsprop', 'sgd'\]"),
+    ({"scheduler": "warm"}, r"scheduler: unknown value 'warm'"),
+    ({"num_classes": 0}, "num_classes must be an integer >= 1"),
+    ({"loss_type": "combined", "ce_weight": 0.0, "dice_weight": 0.0}, "both 0"),
+])
+def test_invalid_configuration_errors(kw, match):
+    with pytest.raises(ValueError, match=match):
+        make(**kw)
+
+
+def test_freeze_backbone():
+    model = make(freeze_backbone=True)
+    assert not any(p.requires_grad for p in model.backbone.parameters())
+    assert all(p.requires_grad for p in model.head.parameters())
+    model.train()
+    assert not model.backbone.training and model.head.training
+    opt = model.configure_optimizers()["optimizer"]
+    n_opt = sum(p.numel() for g in opt.param_groups for p in g["params"])
+    assert n_opt == sum(p.numel() for p in model.head.parameters())
+
+
+def test_metric_gets_num_classes_and_ignore_index():
+    model = make(metrics=[MetricConfig(name="miou", metric_class="JaccardIndex",
+                                       params={"task": "multiclass", "average": "macro"}, stages=["val"])])
+    metric = model.metric_manager.metrics["val__miou"]
+    assert metric.num_classes == 3 and metric.ignore_index == 255
+    target = torch.tensor([[[0, 1, 2, 255]]])
+    metric.update(torch.tensor([[[0, 1, 2, 0]]]), target)  # the 255 pixel is not counted
+    assert metric.compute().item() == pytest.approx(1.0)
+
+
+def test_logits_to_original_crops_padding_and_resizes():
+    model = make()
+    logits = torch.zeros(1, 3, 8, 8)
+    logits[:, 1, :4, :] = 5  # valid region: rows 0..3 (the rest is padding) -> class 1 at every original pixel
+    logits[:, 2, 4:, :] = 5
+    out = model.logits_to_original(logits, torch.tensor([[4, 8]]), torch.tensor([[10, 20]]))
+    assert out[0].shape == (10, 20) and (out[0] == 1).all()
+
+
+def test_validation_scores_original_resolution_labels():
+    model = make(metrics=[MetricConfig(name="acc", metric_class="Accuracy",
+                                       params={"task": "multiclass", "average": "micro"}, stages=["val"])])
+    batch = {"image": torch.randn(1, 3, 32, 32), "mask": torch.zeros(1, 32, 32, dtype=torch.long),
+             "orig_size": torch.tensor([[50, 100]]), "valid_size": torch.tensor([[16, 32]]),
+             "orig_mask": [torch.zeros(50, 100, dtype=torch.long)]}
+    metric = model.metric_manager.metrics["val__acc"]
+    model.eval().log = lambda *a, **k: None  # no trainer attached
+    model._eval_step(batch, "val")
+    assert int(metric.tp.sum() + metric.fn.sum()) == 50 * 100  # scored at 50x100, not 32x32
