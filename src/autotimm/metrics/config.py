@@ -47,7 +47,9 @@ class MetricConfig:
         self.params = dict(self.params or {})
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        from ..tasks.base import plain
+
+        return plain(asdict(self))
 
 
 def as_metric_config(m: MetricConfig | dict) -> MetricConfig:

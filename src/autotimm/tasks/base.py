@@ -29,6 +29,23 @@ OPTIMIZERS = {
 SCHEDULERS = ("cosine", "step", "multistep", "onecycle", "poly", "none")
 
 
+def plain(obj: Any) -> Any:
+    """OmegaConf containers (what Hydra passes) and tuples -> plain dicts/lists, so checkpoints stay loadable with
+    ``weights_only=True``."""
+    try:
+        from omegaconf import DictConfig, ListConfig, OmegaConf
+
+        if isinstance(obj, (DictConfig, ListConfig)):
+            return OmegaConf.to_container(obj, resolve=True)
+    except ImportError:  # pragma: no cover
+        pass
+    if isinstance(obj, dict):
+        return {k: plain(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [plain(v) for v in obj]
+    return obj
+
+
 # --------------------------------------------------------------------------------------------- component specs
 def component_spec(obj: Any, kind: str) -> dict[str, Any] | None:
     """A head/loss factory (``functools.partial`` of a class, a class, or a ``{"_target_": ...}`` dict) as plain
@@ -36,7 +53,7 @@ def component_spec(obj: Any, kind: str) -> dict[str, Any] | None:
     if obj is None:
         return None
     if isinstance(obj, dict) or hasattr(obj, "keys"):
-        d = dict(obj)
+        d = plain(obj)
         d.pop("_partial_", None)
         if "_target_" not in d:
             raise ValueError(f"{kind}: a dict spec needs a '_target_' naming the class, got keys {sorted(d)}")
@@ -44,7 +61,7 @@ def component_spec(obj: Any, kind: str) -> dict[str, Any] | None:
     if isinstance(obj, functools.partial):
         if obj.args:
             raise ValueError(f"{kind}: pass keyword arguments only to the partial factory")
-        return {"_target_": f"{obj.func.__module__}.{obj.func.__qualname__}", **obj.keywords}
+        return {"_target_": f"{obj.func.__module__}.{obj.func.__qualname__}", **plain(obj.keywords)}
     if isinstance(obj, type):
         return {"_target_": f"{obj.__module__}.{obj.__qualname__}"}
     raise TypeError(f"{kind}: expected a class, a functools.partial or a dict with '_target_', got {type(obj)!r}; "

@@ -14,7 +14,7 @@ from ..heads import HEADS
 from ..losses import LOSSES
 from ..metrics import MetricConfig
 from ..training.logging_config import LoggingConfig
-from .base import BaseTask, Factory, build_component, component_spec, named_choice
+from .base import BaseTask, Factory, build_component, component_spec, named_choice, plain
 
 
 class SemanticSegmentor(BaseTask):
@@ -79,7 +79,8 @@ class SemanticSegmentor(BaseTask):
         backbone = {**backbone_cfg.to_dict(), "pretrained": False}
         head, loss = head_spec, loss_spec
         metrics = self._metrics_as_data(metrics)
-        logging_config = logging_config.to_dict() if isinstance(logging_config, LoggingConfig) else logging_config
+        logging_config = logging_config.to_dict() if isinstance(logging_config, LoggingConfig) else plain(logging_config)
+        optimizer, scheduler, compile_kwargs = plain(optimizer), plain(scheduler), plain(compile_kwargs)
         self.save_hyperparameters()
 
         self.num_classes = num_classes

@@ -8,6 +8,8 @@ import pytorch_lightning as pl
 import torch
 from pytorch_lightning.callbacks import LearningRateMonitor, ModelCheckpoint, RichProgressBar
 
+from .callbacks import EpochSummary
+
 
 def auto_precision(accelerator: str | None = "auto") -> str:
     """bf16 autocast where the hardware runs it natively (CUDA with bf16, CPUs with AVX512-BF16/AMX), else fp32."""
@@ -28,7 +30,8 @@ class AutoTrainer(pl.Trainer):
 
     - ``ModelCheckpoint`` keeping the best checkpoint on ``checkpoint_monitor`` (``best-...ckpt``) and ``last.ckpt``;
     - ``RichProgressBar`` (when the progress bar is enabled);
-    - ``LearningRateMonitor`` (when a logger is configured).
+    - ``LearningRateMonitor`` (when a logger is configured);
+    - ``EpochSummary``: one log line per validation epoch (readable in log files and CI).
 
     ``precision="auto"`` picks bf16 autocast where the hardware has it (see ``auto_precision``), else fp32.
     There is no hidden learning-rate finder or other tuning: ``fit`` trains with what you passed.
@@ -53,6 +56,8 @@ class AutoTrainer(pl.Trainer):
                 filename="best-{epoch:03d}-{step}", save_last=True, save_top_k=1, auto_insert_metric_name=False))
         if trainer_kwargs.get("enable_progress_bar", True) and not have(RichProgressBar):
             callbacks.append(RichProgressBar())
+        if not have(EpochSummary):
+            callbacks.append(EpochSummary())
         if trainer_kwargs.get("logger", True) not in (False, None, []) and not have(LearningRateMonitor):
             callbacks.append(LearningRateMonitor(logging_interval="step"))
         if trainer_kwargs.get("precision") == "auto":

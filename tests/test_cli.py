@@ -1,0 +1,44 @@
+"""Real `python train.py` and `python eval.py` subprocesses with small overrides."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def run(script, *overrides, cwd=ROOT, timeout=600):
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", "WANDB_MODE": "offline", "HF_HUB_OFFLINE": "1"}
+    proc = subprocess.run([sys.executable, str(ROOT / script), *overrides], cwd=cwd, env=env, capture_output=True,
+                          text=True, timeout=timeout)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]
+    return proc
+
+
+@pytest.mark.slow
+def test_train_then_eval_subprocess(tmp_path, shapes_root):
+    common = [f"paths.log_dir={tmp_path}/outputs", f"dataset.data_dir={shapes_root}", "dataset.num_train=24",
+              "dataset.num_val=8", "dataset.source_size=64", "dataset.seed=3", "dataset.image_size=64",
+              "dataset.batch_size=8", "dataset.num_workers=0", "backbone=test_resnet"]
+    proc = run("train.py", *common, "head=fcn", "loss=tversky", "trainer.max_epochs=2", "test=true")
+    runs = list((tmp_path / "outputs" / "train" / "runs").iterdir())
+    assert len(runs) == 1
+    out = runs[0]
+    metrics = json.loads((out / "metrics.json").read_text())
+    for key in ("val/miou", "val/loss", "val/pixel_acc", "train/loss", "test/miou", "best_model_path", "monitor"):
+        assert key in metrics, key
+    assert metrics["monitor"] == "val/miou" and 0.0 <= metrics["val/miou"] <= 1.0
+    assert metrics["global_step"] == 2 * 3  # 24 images / batch 8, two epochs
+    assert (out / ".hydra" / "config.yaml").is_file() and (out / ".hydra" / "overrides.yaml").is_file()
+    assert (out / "checkpoints" / "last.ckpt").is_file() and Path(metrics["best_model_path"]).is_file()
+    assert (out / "csv" / "metrics.csv").is_file()
+    assert "val/miou" in proc.stdout  # the final metrics table
+
+    proc = run("eval.py", *common, "head=fcn", "loss=tversky", f"ckpt_path={out / 'checkpoints' / 'last.ckpt'}")
+    evals = list((tmp_path / "outputs" / "eval" / "runs").iterdir())
+    em = json.loads((evals[0] / "metrics.json").read_text())
+    assert 0.0 <= em["test/miou"] <= 1.0 and em["ckpt_path"].endswith("last.ckpt")
