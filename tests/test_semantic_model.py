@@ -1,8 +1,8 @@
 """SemanticSegmentor: shapes and resolutions, every timm test model, heads, optimizers, checkpoints, metrics."""
 
 import pytest
-import timm
 import pytorch_lightning as pl
+import timm
 import torch
 
 from autotimm import FeatureBackboneConfig, LoggingConfig, MetricConfig, SemanticSegmentor

@@ -16,7 +16,8 @@ def test_direct_imports():
 def test_submodule_aliases_and_original_imports():
     from autotimm.head import DeepLabV3PlusHead as H1
     from autotimm.heads import DeepLabV3PlusHead as H2
-    from autotimm.loss import CombinedSegmentationLoss, DiceLoss as L1  # noqa: F401
+    from autotimm.loss import CombinedSegmentationLoss  # noqa: F401
+    from autotimm.loss import DiceLoss as L1
     from autotimm.losses import DiceLoss as L2
     from autotimm.metric import MetricConfig as M1
     from autotimm.metrics import MetricConfig as M2

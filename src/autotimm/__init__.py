@@ -1,7 +1,6 @@
 """autotimm: semantic and instance segmentation on any timm backbone."""
 
-from . import heads, losses, metrics, tasks  # noqa: F401  (plural packages)
-from . import head, loss, metric, task  # noqa: F401  (singular aliases)
+from . import head, heads, loss, losses, metric, metrics, task, tasks  # noqa: F401  (plural packages)  # noqa: F401  (singular aliases)
 from .backbones import FeatureBackboneConfig
 from .data import SegmentationDataModule, ShapesDataModule
 from .heads import ASPP, DeepLabV3PlusHead, FCNHead

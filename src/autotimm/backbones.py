@@ -12,8 +12,8 @@ from typing import Any
 
 import timm
 import torch
-import torch.nn as nn
 import torch.nn.functional as F
+from torch import nn
 
 
 @dataclass
@@ -21,7 +21,8 @@ class FeatureBackboneConfig:
     """A timm backbone used as a multi-scale feature extractor.
 
     Args:
-        model_name: any name ``timm.create_model`` knows (``resnet50``, ``convnext_tiny``, ``vit_small_patch16_224``...).
+        model_name: any name ``timm.create_model`` knows (``resnet50``, ``convnext_tiny``,
+            ``vit_small_patch16_224``...).
         pretrained: load pretrained weights (needs the weights to be downloadable or cached).
         out_indices: which feature levels to return (timm ``out_indices``); ``None`` keeps all.
         output_stride: 8 or 16 to dilate the last stages (models that support it: ResNets, EfficientNets...).

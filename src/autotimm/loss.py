@@ -1,4 +1,4 @@
 """Alias of ``autotimm.losses`` (singular import style)."""
 
-from .losses import *  # noqa: F401,F403
+from .losses import *  # noqa: F403
 from .losses import __all__  # noqa: F401

@@ -6,4 +6,4 @@ from .fcn import FCNHead
 
 HEADS = {"deeplabv3plus": DeepLabV3PlusHead, "fcn": FCNHead}
 
-__all__ = ["ASPP", "DeepLabV3PlusHead", "FCNHead", "HEADS"]
+__all__ = ["ASPP", "HEADS", "DeepLabV3PlusHead", "FCNHead"]

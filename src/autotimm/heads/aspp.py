@@ -5,8 +5,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import torch
-import torch.nn as nn
 import torch.nn.functional as F
+from torch import nn
 
 
 def conv_bn_relu(cin: int, cout: int, kernel: int = 1, dilation: int = 1, separable: bool = False) -> nn.Sequential:

@@ -16,5 +16,11 @@ LOSSES = {
     "combined": CombinedSegmentationLoss,
 }
 
-__all__ = ["CombinedSegmentationLoss", "CrossEntropySegmentationLoss", "DiceLoss", "FocalLossPixelwise",
-           "TverskyLoss", "LOSSES"]
+__all__ = [
+    "LOSSES",
+    "CombinedSegmentationLoss",
+    "CrossEntropySegmentationLoss",
+    "DiceLoss",
+    "FocalLossPixelwise",
+    "TverskyLoss",
+]

@@ -7,7 +7,7 @@ import inspect
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-import torch.nn as nn
+from torch import nn
 
 STAGES = ("train", "val", "test")
 
@@ -39,7 +39,8 @@ class MetricConfig:
 
     def __post_init__(self):
         if self.backend != "torchmetrics":
-            raise ValueError(f"MetricConfig({self.name!r}).backend: only 'torchmetrics' is supported, got {self.backend!r}")
+            raise ValueError(f"MetricConfig({self.name!r}).backend: only 'torchmetrics' is supported, "
+                             f"got {self.backend!r}")
         self.stages = list(self.stages)
         unknown = [s for s in self.stages if s not in STAGES]
         if unknown:

@@ -15,7 +15,7 @@ from typing import Any
 
 import pytorch_lightning as pl
 import torch
-import torch.nn as nn
+from torch import nn
 
 from ..metrics import MetricConfig, MetricManager, as_metric_config
 from ..training.logging_config import LoggingConfig, as_logging_config

@@ -6,8 +6,8 @@ from collections.abc import Sequence
 from typing import Any
 
 import torch
-import torch.nn as nn
 import torch.nn.functional as F
+from torch import nn
 
 from ..backbones import FeatureBackboneConfig, TimmFeatureBackbone, as_backbone_config
 from ..heads import HEADS
@@ -79,7 +79,9 @@ class SemanticSegmentor(BaseTask):
         backbone = {**backbone_cfg.to_dict(), "pretrained": False}
         head, loss = head_spec, loss_spec
         metrics = self._metrics_as_data(metrics)
-        logging_config = logging_config.to_dict() if isinstance(logging_config, LoggingConfig) else plain(logging_config)
+        if isinstance(logging_config, LoggingConfig):
+            logging_config = logging_config.to_dict()
+        logging_config = plain(logging_config)
         optimizer, scheduler, compile_kwargs = plain(optimizer), plain(scheduler), plain(compile_kwargs)
         self.save_hyperparameters()
 

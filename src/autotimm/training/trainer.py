@@ -48,7 +48,8 @@ class AutoTrainer(pl.Trainer):
         if checkpoint_mode not in ("min", "max"):
             raise ValueError(f"checkpoint_mode must be 'min' or 'max', got {checkpoint_mode!r}")
         callbacks = list(callbacks or [])
-        have = lambda t: any(isinstance(c, t) for c in callbacks)  # noqa: E731
+        def have(t):
+            return any(isinstance(c, t) for c in callbacks)
         if trainer_kwargs.get("enable_checkpointing", True) and not have(ModelCheckpoint):
             root = trainer_kwargs.get("default_root_dir") or "."
             callbacks.append(ModelCheckpoint(

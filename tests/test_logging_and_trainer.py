@@ -1,0 +1,62 @@
+"""LoggingConfig values are logged; AutoTrainer's defaults; auto precision."""
+
+import logging
+
+import pytest
+import torch
+from pytorch_lightning.callbacks import LearningRateMonitor, ModelCheckpoint, RichProgressBar
+
+from autotimm import AutoTrainer, FeatureBackboneConfig, LoggingConfig, SemanticSegmentor
+from autotimm.training import EpochSummary
+from autotimm.training.trainer import auto_precision
+
+
+def test_logging_config_logs_lr_grad_and_weight_norms():
+    model = SemanticSegmentor(FeatureBackboneConfig("test_resnet", pretrained=False), num_classes=2,
+                              logging_config=LoggingConfig(log_learning_rate=True, log_gradient_norm=True,
+                                                           log_weight_norm=True))
+    logged = {}
+    model.log = lambda name, value, **kw: logged.__setitem__(name, float(value))
+    opt = torch.optim.SGD(model.parameters(), lr=0.5)
+    for p in model.parameters():
+        p.grad = torch.ones_like(p)
+    model.on_before_optimizer_step(opt)
+    n = sum(p.numel() for p in model.parameters())
+    assert logged["train/lr"] == 0.5
+    assert logged["train/grad_norm"] == pytest.approx(n**0.5, rel=1e-5)
+    w = torch.cat([p.detach().flatten() for p in model.parameters()]).norm().item()
+    assert logged["train/weight_norm"] == pytest.approx(w, rel=1e-4)  # float32 summation order
+
+
+def test_auto_trainer_default_callbacks(tmp_path):
+    t = AutoTrainer(default_root_dir=str(tmp_path), checkpoint_monitor="val/miou", checkpoint_mode="max")
+    kinds = {type(c) for c in t.callbacks}
+    assert {ModelCheckpoint, RichProgressBar, LearningRateMonitor, EpochSummary} <= kinds
+    ck = t.checkpoint_callback
+    assert ck.monitor == "val/miou" and ck.mode == "max" and ck.save_last
+    mine = ModelCheckpoint(monitor="val/loss")
+    t = AutoTrainer(callbacks=[mine], logger=False, enable_progress_bar=False)
+    assert t.checkpoint_callback is mine
+    assert not any(isinstance(c, (RichProgressBar, LearningRateMonitor)) for c in t.callbacks)
+    with pytest.raises(ValueError, match="checkpoint_mode"):
+        AutoTrainer(checkpoint_mode="best")
+
+
+def test_auto_precision_is_bf16_only_where_supported():
+    p = auto_precision("cpu")
+    assert p == ("bf16-mixed" if torch.ops.mkldnn._is_mkldnn_bf16_supported() else "32-true")
+    t = AutoTrainer(precision="auto", accelerator="cpu", logger=False, enable_checkpointing=False)
+    assert t.precision == p
+
+
+def test_epoch_summary_line(caplog):
+    class T:
+        sanity_checking, is_global_zero, current_epoch, global_step = False, True, 2, 30
+        callback_metrics = {"val/miou": torch.tensor(0.5), "val/loss": torch.tensor(0.25),
+                            "train/loss_step": torch.tensor(9.0)}
+
+    cb = EpochSummary()
+    with caplog.at_level(logging.INFO, logger="autotimm"):
+        cb.on_validation_epoch_end(T(), None)
+    assert "epoch 2 | step 30" in caplog.text and "val/loss 0.2500 | val/miou 0.5000" in caplog.text
+    assert "loss_step" not in caplog.text
