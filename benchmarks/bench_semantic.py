@@ -44,17 +44,26 @@ def train_flops(model: nn.Module, x: torch.Tensor, y: torch.Tensor, loss_fn) -> 
 
 
 def bench_train(model, x, y, loss_fn, steps, bf16=False, channels_last=False):
+    """A training step as each library's user gets it: autotimm through its task (``training_step`` and the
+    optimizer from ``configure_optimizers``), smp through a plain loop with ``torch.optim.AdamW``; same loss."""
     model.train()
     if channels_last:
         model = model.to(memory_format=torch.channels_last)
         x = x.contiguous(memory_format=torch.channels_last)
-    opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
     ctx = (lambda: torch.autocast("cpu", dtype=torch.bfloat16)) if bf16 else contextlib.nullcontext
+    if isinstance(model, SemanticSegmentor):
+        model.log = lambda *a, **k: None  # no Trainer attached
+        model.criterion = loss_fn
+        out = model.configure_optimizers()
+        opt = out["optimizer"] if isinstance(out, dict) else out
+        forward_loss = lambda: model.training_step({"image": x, "mask": y}, 0)  # noqa: E731
+    else:
+        opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
+        forward_loss = lambda: loss_fn(model(x).float(), y)  # noqa: E731
 
     def step():
         with ctx():
-            out = model(x)
-        loss = loss_fn(out.float(), y)
+            loss = forward_loss()
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
@@ -104,6 +113,7 @@ def main():
     p.add_argument("--batch", type=int, default=8)
     p.add_argument("--classes", type=int, default=21)
     p.add_argument("--output-stride", type=int, default=16, help="16 is smp's default for DeepLabV3Plus")
+    p.add_argument("--repeats", type=int, default=3, help="interleaved trials per row; the best is reported")
     args = p.parse_args()
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
@@ -127,22 +137,34 @@ def main():
     except ImportError:
         print("segmentation_models_pytorch not installed: no side-by-side row")
 
-    rows = []
-    for name, model in models.items():
-        flops = train_flops(model, x, y, loss_fn)
-        for mode in ("fp32", "fp32 channels_last", "bf16 autocast channels_last"):
-            bf16, cl = "bf16" in mode, "channels_last" in mode
-            ips = bench_train(model, x, y, loss_fn, args.steps, bf16=bf16, channels_last=cl)
-            ms = bench_predict(model, x[:1], args.steps, bf16=bf16, channels_last=cl)
-            util = flops * ips / (rate16 if bf16 else rate32)
-            rows.append((name, mode, ips, ms, flops / 1e9, util))
-            model.to(memory_format=torch.contiguous_format)
+    modes = ("fp32", "fp32 channels_last", "bf16 autocast channels_last")
+    flops = {name: train_flops(model, x, y, loss_fn) for name, model in models.items()}
+    best: dict[tuple[str, str], tuple[float, float]] = {}
+    for _ in range(args.repeats):  # interleaved trials, best of each: robust to drift and noise on a shared machine
+        for name, model in models.items():
+            for mode in modes:
+                bf16, cl = "bf16" in mode, "channels_last" in mode
+                ips = bench_train(model, x, y, loss_fn, args.steps, bf16=bf16, channels_last=cl)
+                ms = bench_predict(model, x[:1], args.steps, bf16=bf16, channels_last=cl)
+                model.to(memory_format=torch.contiguous_format)
+                old_ips, old_ms = best.get((name, mode), (0.0, float("inf")))
+                best[(name, mode)] = (max(old_ips, ips), min(old_ms, ms))
+    rows = [(name, mode, ips, ms, flops[name] / 1e9) for (name, mode), (ips, ms) in best.items()]
 
     print(f"\nresnet18 DeepLabV3+, {args.size}x{args.size}, batch {args.batch}, {args.classes} classes, CPU\n")
-    print("| model | mode | train img/s | predict ms/img (batch 1) | train GFLOP/img | % of matmul peak |")
-    print("|---|---|---:|---:|---:|---:|")
-    for name, mode, ips, ms, gf, util in rows:
-        print(f"| {name} | {mode} | {ips:.1f} | {ms:.1f} | {gf:.2f} | {100 * util:.0f}% |")
+    print("| model | mode | train img/s | predict ms/img (batch 1) | train GFLOP/img | achieved GFLOP/s | "
+          "vs matmul rate |")
+    print("|---|---|---:|---:|---:|---:|---:|")
+    for name, mode, ips, ms, gf in rows:
+        rate = rate16 if "bf16" in mode else rate32
+        util = 100 * gf * ips * 1e9 / rate
+        print(f"| {name} | {mode} | {ips:.1f} | {ms:.1f} | {gf:.2f} | {gf * ips:.0f} | {util:.0f}% |")
+    smp_rows = {m: ips for n, m, ips, _, _ in rows if n.startswith("smp")}
+    if smp_rows:
+        print("\nautotimm / smp training throughput, same mode:")
+        for name, mode, ips, _, _ in rows:
+            if name.startswith("autotimm") and mode in smp_rows:
+                print(f"  {name}, {mode}: {ips / smp_rows[mode]:.2f}x")
 
 
 if __name__ == "__main__":
