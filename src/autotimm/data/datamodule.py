@@ -1,0 +1,113 @@
+"""SegmentationDataModule: one Lightning DataModule over the png, coco, cityscapes and voc layouts."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+import pytorch_lightning as pl
+from torch.utils.data import DataLoader
+
+from .dataset import SegmentationDataset, collate_segmentation
+from .formats import FORMATS, DatasetLayoutError
+from .transforms import PRESETS, train_transforms
+
+log = logging.getLogger(__name__)
+
+
+class SegmentationDataModule(pl.LightningDataModule):
+    """Args:
+        data_dir: dataset root (see each format's layout in ``autotimm.data.formats``).
+        format: ``png``, ``coco``, ``cityscapes`` or ``voc``.
+        image_size: training crop size; evaluation resizes the longest side to it and pads (aspect kept).
+        batch_size / num_workers: loader settings.
+        augmentation_preset: ``light``, ``default`` or ``strong``.
+        custom_train_transforms / custom_val_transforms: albumentations ``Compose`` replacing the preset (they must
+            end in ``ToTensorV2``); with a custom val transform, metrics use its output size as the valid region.
+        class_mapping: raw label -> class id, applied with a lookup table; replaces the format's own mapping
+            (Cityscapes labelIds, COCO category ids). Raw values it does not list are an error.
+        ignore_index: void label, also used for padding.
+        num_classes: when given, masks with labels >= num_classes (other than ignore_index) fail with the file name.
+        train_split / val_split / test_split: split names (``test_split=None`` reuses the validation split).
+        pin_memory / persistent_workers: loader settings.
+    """
+
+    def __init__(self, data_dir: str | Path, format: str = "png", image_size: int = 512, batch_size: int = 8,
+                 num_workers: int = 4, augmentation_preset: str = "default", custom_train_transforms: Any = None,
+                 custom_val_transforms: Any = None, class_mapping: dict[int, int] | None = None,
+                 ignore_index: int = 255, num_classes: int | None = None, train_split: str = "train",
+                 val_split: str = "val", test_split: str | None = None, pin_memory: bool = False,
+                 persistent_workers: bool = True):
+        super().__init__()
+        if format not in FORMATS:
+            raise ValueError(f"format: unknown {format!r}; valid: {sorted(FORMATS)}")
+        if augmentation_preset not in PRESETS:
+            raise ValueError(f"augmentation_preset: unknown {augmentation_preset!r}; valid: {list(PRESETS)}")
+        if int(image_size) < 16:
+            raise ValueError(f"image_size must be >= 16, got {image_size}")
+        if num_classes is not None and num_classes < 1:
+            raise ValueError(f"num_classes must be >= 1, got {num_classes}")
+        self.data_dir = Path(data_dir)
+        self.format = format
+        self.image_size = int(image_size)
+        self.batch_size = batch_size
+        self.num_workers = num_workers
+        self.augmentation_preset = augmentation_preset
+        self.custom_train_transforms = custom_train_transforms
+        self.custom_val_transforms = custom_val_transforms
+        self.class_mapping = {int(k): int(v) for k, v in class_mapping.items()} if class_mapping else None
+        self.ignore_index = ignore_index
+        self.num_classes = num_classes
+        self.train_split, self.val_split, self.test_split = train_split, val_split, test_split
+        self.pin_memory = pin_memory
+        self.persistent_workers = persistent_workers
+        self.train_dataset = self.val_dataset = self.test_dataset = None
+        self.class_names: list[str] | None = None
+
+    def _split(self, name: str):
+        if not self.data_dir.is_dir():
+            raise DatasetLayoutError(f"data_dir {self.data_dir} does not exist (format={self.format!r})")
+        module = FORMATS[self.format]
+        if self.format == "coco":
+            return module.load_split(self.data_dir, name, ignore_index=self.ignore_index)
+        return module.load_split(self.data_dir, name)
+
+    def _dataset(self, split: str, train: bool) -> SegmentationDataset:
+        data = self._split(split)
+        self.class_names = self.class_names or data.class_names
+        if train:
+            tf = self.custom_train_transforms or train_transforms(self.augmentation_preset, self.image_size,
+                                                                  self.ignore_index)
+        else:
+            tf = self.custom_val_transforms
+        ds = SegmentationDataset(data, tf, train=train, image_size=self.image_size, ignore_index=self.ignore_index,
+                                 num_classes=self.num_classes, class_mapping=self.class_mapping)
+        log.info("%s split %r: %d images from %s", self.format, split, len(ds), self.data_dir)
+        return ds
+
+    def setup(self, stage: str | None = None):
+        if stage in (None, "fit") and self.train_dataset is None:
+            self.train_dataset = self._dataset(self.train_split, train=True)
+        if stage in (None, "fit", "validate") and self.val_dataset is None:
+            self.val_dataset = self._dataset(self.val_split, train=False)
+        if stage in (None, "test", "predict") and self.test_dataset is None:
+            split = self.test_split or self.val_split
+            self.test_dataset = self._dataset(split, train=False)
+
+    def _loader(self, ds, shuffle: bool) -> DataLoader:
+        return DataLoader(ds, batch_size=self.batch_size, shuffle=shuffle, num_workers=self.num_workers,
+                          collate_fn=collate_segmentation, pin_memory=self.pin_memory, drop_last=False,
+                          persistent_workers=self.persistent_workers and self.num_workers > 0)
+
+    def train_dataloader(self) -> DataLoader:
+        return self._loader(self.train_dataset, shuffle=True)
+
+    def val_dataloader(self) -> DataLoader:
+        return self._loader(self.val_dataset, shuffle=False)
+
+    def test_dataloader(self) -> DataLoader:
+        return self._loader(self.test_dataset, shuffle=False)
+
+    def predict_dataloader(self) -> DataLoader:
+        return self._loader(self.test_dataset, shuffle=False)

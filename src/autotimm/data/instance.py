@@ -1,0 +1,234 @@
+"""Instance segmentation data: COCO layouts, pycocotools decoding, joint image/box/mask augmentation.
+
+Batch contract: ``{"image": [B,3,H,W], "targets": [{"boxes": float [N,4] xyxy, "labels": int64 [N] in 0..C-1,
+"masks": uint8 [N,H,W], "iscrowd": bool [N]}], "image_id": list, "orig_size": [B,2], "valid_size": [B,2]}``;
+evaluation batches add ``"orig_targets"`` (original-size boxes, labels, masks and crowd flags, crowd included).
+Training targets never contain crowd annotations.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+import albumentations as A
+import numpy as np
+import pytorch_lightning as pl
+import torch
+from pycocotools.coco import COCO
+from torch.utils.data import DataLoader, Dataset
+
+from .dataset import read_image
+from .formats.base import DatasetLayoutError
+from .formats.coco import ann_to_mask, find_coco_split, resolve_inside
+from .transforms import PRESETS, eval_finish, eval_resize, train_transforms
+
+log = logging.getLogger(__name__)
+
+
+def masks_to_boxes(masks: np.ndarray) -> np.ndarray:
+    """Tight xyxy boxes (pixel edges) of [N, H, W] masks, vectorised."""
+    if len(masks) == 0:
+        return np.zeros((0, 4), np.float32)
+    rows, cols = masks.any(2), masks.any(1)
+    h, w = masks.shape[1:]
+    y1 = rows.argmax(1)
+    y2 = h - rows[:, ::-1].argmax(1)
+    x1 = cols.argmax(1)
+    x2 = w - cols[:, ::-1].argmax(1)
+    return np.stack([x1, y1, x2, y2], 1).astype(np.float32)
+
+
+class CocoInstanceDataset(Dataset):
+    def __init__(self, img_dir: Path, ann_file: Path, transform=None, train: bool = True, image_size: int = 640,
+                 min_area: float = 0.0, min_keypoints: int = 0):
+        self.img_dir, self.ann_file = img_dir, ann_file
+        self.coco = COCO(str(ann_file))
+        self.category_ids = sorted(self.coco.getCatIds())
+        self.cat_to_label = {c: i for i, c in enumerate(self.category_ids)}
+        self.class_names = [self.coco.cats[c]["name"] for c in self.category_ids]
+        self.ids = sorted(self.coco.getImgIds())  # images without annotations are kept
+        self.transform, self.train = transform, train
+        self.min_area, self.min_keypoints = min_area, min_keypoints
+        self._resize = None if (train or transform is not None) else eval_resize(image_size)
+        self._finish = None if (train or transform is not None) else eval_finish(image_size, 0)
+        for i in self.ids:
+            info = self.coco.imgs[i]
+            resolve_inside(img_dir, info["file_name"], f"{ann_file} image id {i}")
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    def load(self, idx: int):
+        img_id = self.ids[idx]
+        info = self.coco.imgs[img_id]
+        path = resolve_inside(self.img_dir, info["file_name"], f"{self.ann_file} image id {img_id}")
+        image = read_image(path)
+        h, w = image.shape[:2]
+        if (h, w) != (info["height"], info["width"]):
+            raise ValueError(f"{self.ann_file}: image id {img_id} ({path}) is {w}x{h} but the annotation file says "
+                             f"{info['width']}x{info['height']}")
+        masks, labels, crowd = [], [], []
+        for a in self.coco.imgToAnns.get(img_id, []):
+            if not a.get("iscrowd", 0):
+                if float(a.get("area", 0)) < self.min_area:
+                    continue
+                if self.min_keypoints and a.get("num_keypoints", self.min_keypoints) < self.min_keypoints:
+                    continue
+            m = ann_to_mask(a["segmentation"], h, w)
+            if not a.get("iscrowd", 0) and not m.any():
+                continue  # nothing to learn from an empty mask
+            masks.append(m)
+            labels.append(self.cat_to_label[a["category_id"]])
+            crowd.append(bool(a.get("iscrowd", 0)))
+        masks = np.stack(masks).astype(np.uint8) if masks else np.zeros((0, h, w), np.uint8)
+        return image, masks, np.asarray(labels, np.int64), np.asarray(crowd, bool), img_id
+
+    def __getitem__(self, idx: int) -> dict[str, Any]:
+        image, masks, labels, crowd, img_id = self.load(idx)
+        h, w = image.shape[:2]
+        item: dict[str, Any] = {"image_id": img_id, "orig_size": torch.tensor([h, w])}
+        if self.train:
+            keep = ~crowd
+            masks, labels = masks[keep], labels[keep]
+            boxes = masks_to_boxes(masks.astype(bool))
+            out = self.transform(image=image, masks=list(masks) if len(masks) else [], bboxes=boxes,
+                                 labels=labels, instance_idx=np.arange(len(labels)))
+            idx_kept = np.asarray(out["instance_idx"], dtype=np.int64)
+            # a box the transform dropped takes its mask and label with it
+            tmasks = np.stack([np.asarray(out["masks"][i]) for i in idx_kept]).astype(np.uint8) if len(idx_kept) \
+                else np.zeros((0, *out["image"].shape[-2:]), np.uint8)
+            nonempty = tmasks.reshape(len(tmasks), -1).any(1) if len(tmasks) else np.zeros(0, bool)
+            tmasks = tmasks[nonempty]
+            item["image"] = out["image"]
+            item["valid_size"] = torch.tensor(list(out["image"].shape[-2:]))
+            item["target"] = {"boxes": torch.from_numpy(masks_to_boxes(tmasks.astype(bool))),
+                              "labels": torch.from_numpy(labels[idx_kept][nonempty]),
+                              "masks": torch.from_numpy(tmasks), "iscrowd": torch.zeros(len(tmasks), dtype=torch.bool)}
+        else:
+            if self._resize is not None:
+                r = self._resize(image=image)
+                valid = r["image"].shape[:2]
+                img = self._finish(image=r["image"])["image"]
+            else:
+                img = self.transform(image=image)["image"]
+                valid = img.shape[-2:]
+            item["image"] = img
+            item["valid_size"] = torch.tensor([int(valid[0]), int(valid[1])])
+            keep = ~crowd
+            item["target"] = {"boxes": torch.zeros(0, 4), "labels": torch.zeros(0, dtype=torch.long),
+                              "masks": torch.zeros(0, *img.shape[-2:], dtype=torch.uint8),
+                              "iscrowd": torch.zeros(0, dtype=torch.bool)}
+            sy, sx = valid[0] / h, valid[1] / w
+            if keep.any():  # training-style targets at network resolution (for the validation loss)
+                b = masks_to_boxes(masks[keep].astype(bool)) * np.array([sx, sy, sx, sy], np.float32)
+                item["target"]["boxes"] = torch.from_numpy(b)
+                item["target"]["labels"] = torch.from_numpy(labels[keep])
+            item["orig_target"] = {"boxes": torch.from_numpy(masks_to_boxes(masks.astype(bool))),
+                                   "labels": torch.from_numpy(labels), "masks": torch.from_numpy(masks.astype(bool)),
+                                   "iscrowd": torch.from_numpy(crowd)}
+        return item
+
+
+def collate_instance(items: list[dict[str, Any]]) -> dict[str, Any]:
+    batch = {"image": torch.stack([it["image"] for it in items]), "targets": [it["target"] for it in items],
+             "image_id": [it["image_id"] for it in items],
+             "orig_size": torch.stack([it["orig_size"] for it in items]),
+             "valid_size": torch.stack([it["valid_size"] for it in items])}
+    if "orig_target" in items[0]:
+        batch["orig_targets"] = [it["orig_target"] for it in items]
+    return batch
+
+
+def instance_train_transforms(preset: str, image_size: int) -> A.Compose:
+    bbox = A.BboxParams(format="pascal_voc", label_fields=["labels", "instance_idx"], min_area=1.0,
+                        min_visibility=0.0, clip=True)
+    return train_transforms(preset, image_size, ignore_index=0, bbox_params=bbox)
+
+
+class InstanceSegmentationDataModule(pl.LightningDataModule):
+    """COCO instance segmentation. Args (see the API reference): data_dir, image_size, batch_size, num_workers,
+    augmentation_preset, custom_train_transforms (albumentations with ``bbox_params``; label fields ``labels`` and
+    ``instance_idx``), custom_val_transforms, min_keypoints, min_area; plus split names.
+    ``category_ids[label]`` maps contiguous labels back to the dataset's category ids."""
+
+    def __init__(self, data_dir: str | Path, image_size: int = 640, batch_size: int = 4, num_workers: int = 4,
+                 augmentation_preset: str = "default", custom_train_transforms: Any = None,
+                 custom_val_transforms: Any = None, min_keypoints: int = 0, min_area: float = 0.0,
+                 train_split: str = "train", val_split: str = "val", test_split: str | None = None,
+                 num_classes: int | None = None, persistent_workers: bool = True):
+        super().__init__()
+        if augmentation_preset not in PRESETS:
+            raise ValueError(f"augmentation_preset: unknown {augmentation_preset!r}; valid: {list(PRESETS)}")
+        self.data_dir = Path(data_dir)
+        self.image_size, self.batch_size, self.num_workers = int(image_size), batch_size, num_workers
+        self.augmentation_preset = augmentation_preset
+        self.custom_train_transforms, self.custom_val_transforms = custom_train_transforms, custom_val_transforms
+        self.min_keypoints, self.min_area = min_keypoints, min_area
+        self.train_split, self.val_split, self.test_split = train_split, val_split, test_split
+        self.num_classes = num_classes
+        self.persistent_workers = persistent_workers
+        self.train_dataset = self.val_dataset = self.test_dataset = None
+        self.category_ids: list[int] | None = None
+        self.class_names: list[str] | None = None
+
+    def _dataset(self, split: str, train: bool) -> CocoInstanceDataset:
+        if not self.data_dir.is_dir():
+            raise DatasetLayoutError(f"data_dir {self.data_dir} does not exist (COCO instance layout)")
+        img_dir, ann = find_coco_split(self.data_dir, split)
+        tf = (self.custom_train_transforms or instance_train_transforms(self.augmentation_preset, self.image_size)) \
+            if train else self.custom_val_transforms
+        ds = CocoInstanceDataset(img_dir, ann, tf, train=train, image_size=self.image_size, min_area=self.min_area,
+                                 min_keypoints=self.min_keypoints)
+        if self.category_ids is None:
+            self.category_ids, self.class_names = ds.category_ids, ds.class_names
+        elif ds.category_ids != self.category_ids:
+            raise ValueError(f"{ann}: categories {ds.category_ids} differ from the other split's {self.category_ids}")
+        if self.num_classes is not None and len(ds.category_ids) != self.num_classes:
+            raise ValueError(f"{ann}: {len(ds.category_ids)} categories but num_classes={self.num_classes}")
+        log.info("coco instance split %r: %d images from %s", split, len(ds), ann)
+        return ds
+
+    def setup(self, stage: str | None = None):
+        if stage in (None, "fit") and self.train_dataset is None:
+            self.train_dataset = self._dataset(self.train_split, True)
+        if stage in (None, "fit", "validate") and self.val_dataset is None:
+            self.val_dataset = self._dataset(self.val_split, False)
+        if stage in (None, "test", "predict") and self.test_dataset is None:
+            self.test_dataset = self._dataset(self.test_split or self.val_split, False)
+
+    def _loader(self, ds, shuffle):
+        return DataLoader(ds, batch_size=self.batch_size, shuffle=shuffle, num_workers=self.num_workers,
+                          collate_fn=collate_instance,
+                          persistent_workers=self.persistent_workers and self.num_workers > 0)
+
+    def train_dataloader(self):
+        return self._loader(self.train_dataset, True)
+
+    def val_dataloader(self):
+        return self._loader(self.val_dataset, False)
+
+    def test_dataloader(self):
+        return self._loader(self.test_dataset, False)
+
+    def predict_dataloader(self):
+        return self._loader(self.test_dataset, False)
+
+
+class ShapesInstanceDataModule(InstanceSegmentationDataModule):
+    """The generated shapes in COCO layout (``<root>/<split>/images`` + ``annotations/instances_<split>.json``)."""
+
+    def __init__(self, data_dir: str | Path, num_train: int = 800, num_val: int = 160, source_size: int = 128,
+                 seed: int = 0, image_size: int = 128, **kwargs):
+        super().__init__(data_dir=data_dir, image_size=image_size, **kwargs)
+        self.gen_kwargs = dict(num_train=num_train, num_val=num_val, image_size=source_size, seed=seed)
+
+    def prepare_data(self):
+        from .shapes import generate_shapes
+
+        generate_shapes(self.data_dir, **self.gen_kwargs)
+
+    def setup(self, stage: str | None = None):
+        self.prepare_data()
+        super().setup(stage)
