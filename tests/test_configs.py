@@ -36,6 +36,9 @@ def compose_cfg(tmp_path, overrides, config_name="train"):
 
 
 CASES = [(g, o) for g in GROUPS for o in options(g) if g not in ("paths", "hydra")]
+# options that belong to the instance model are composed with model=instance
+INSTANCE_OPTIONS = {("head", "mask"), ("loss", "instance"), ("dataset", "shapes_instance"),
+                    ("dataset", "coco_instance"), ("model", "instance"), ("experiment", "instance_shapes")}
 
 
 def test_every_group_has_options():
@@ -46,6 +49,9 @@ def test_every_group_has_options():
 @pytest.mark.parametrize("group, option", CASES, ids=[f"{g}={o}" for g, o in CASES])
 def test_compose_and_instantiate(tmp_path, group, option):
     overrides = [f"{group}={option}"]
+    instance = (group, option) in INSTANCE_OPTIONS
+    if instance and group not in ("model", "experiment"):
+        overrides.append("model=instance")
     if group not in ("backbone", "experiment"):
         overrides.append("backbone=test_resnet")  # keep it small; experiments pick their own backbone
     cfg = compose_cfg(tmp_path, overrides)
@@ -56,17 +62,27 @@ def test_compose_and_instantiate(tmp_path, group, option):
         with open_dict(cfg):
             cfg.backbone.pretrained = False
     dm = instantiate(cfg.dataset)
-    assert isinstance(dm, autotimm.SegmentationDataModule)
+    want_dm = autotimm.InstanceSegmentationDataModule if instance else autotimm.SegmentationDataModule
+    assert isinstance(dm, want_dm)
     assert dm.augmentation_preset == cfg.dataset.augmentation_preset
-    # num_classes and ignore_index flow from the dataset
-    assert cfg.model.num_classes == cfg.dataset.num_classes and cfg.model.ignore_index == cfg.dataset.ignore_index
+    # num_classes (and ignore_index) flow from the dataset
+    assert cfg.model.num_classes == cfg.dataset.num_classes
+    if not instance:
+        assert cfg.model.ignore_index == cfg.dataset.ignore_index
     if group in ("backbone", "head", "loss", "model", "experiment", "dataset"):
         model = instantiate(cfg.model)
-        assert isinstance(model, autotimm.SemanticSegmentor)
         size = 64 if cfg.backbone.model_name != "vit_small_patch16_224" else cfg.dataset.image_size
-        with torch.no_grad():
-            out = model.eval()(torch.randn(1, 3, size, size))
-        assert out.shape == (1, cfg.dataset.num_classes, size, size)
+        x = torch.randn(1, 3, size, size)
+        if instance:
+            assert isinstance(model, autotimm.InstanceSegmentor)
+            assert model.mask_head.mask_size == cfg.head.mask_size
+            assert model.mask_loss_weight == cfg.loss.mask_loss_weight
+            assert isinstance(model.predict(x), list)
+        else:
+            assert isinstance(model, autotimm.SemanticSegmentor)
+            with torch.no_grad():
+                out = model.eval()(x)
+            assert out.shape == (1, cfg.dataset.num_classes, size, size)
     if group in ("trainer", "callbacks", "logger", "debug"):
         if group == "trainer" and option == "gpu" and not torch.cuda.is_available():
             with open_dict(cfg):
@@ -79,10 +95,10 @@ def test_compose_and_instantiate(tmp_path, group, option):
         loggers = instantiate_group(cfg.get("logger"))
         trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)
         assert isinstance(trainer, autotimm.AutoTrainer)
-    if group == "head":
+    if group == "head" and not instance:
         want = {"deeplabv3plus": autotimm.DeepLabV3PlusHead, "fcn": autotimm.FCNHead}[option]
         assert isinstance(model.head, want)
-    if group == "loss":
+    if group == "loss" and not instance:
         assert model.loss_type == option
 
 
@@ -100,3 +116,11 @@ def test_command_line_style_overrides(tmp_path):
     assert cfg.backbone.pretrained is False  # shapes dataset trains from scratch
     cfg = compose_cfg(tmp_path, ["backbone=convnext_tiny", "dataset=cityscapes"])
     assert cfg.backbone.pretrained is True and cfg.model.num_classes == 19
+
+
+def test_instance_overrides(tmp_path):
+    cfg = compose_cfg(tmp_path, ["model=instance", "head.mask_size=14", "head.roi_pool_size=7",
+                                 "loss.mask_loss_weight=2.0", "backbone=test_resnet"])
+    model = instantiate(cfg.model)
+    assert model.mask_head.mask_size == 14 and model.mask_head.roi_pool_size == 7 and model.mask_loss_weight == 2.0
+    assert cfg.optimized_metric == "val/mask_map_50"

@@ -73,7 +73,8 @@ class SegmentationDataset(Dataset):
     def __getitem__(self, idx: int) -> dict[str, Any]:
         image, mask, s = self.load(idx)
         h, w = mask.shape
-        small = mask.astype(np.uint8) if mask.max(initial=0) <= 255 and mask.min(initial=0) >= 0 else mask.astype(np.int32)
+        fits_u8 = mask.max(initial=0) <= 255 and mask.min(initial=0) >= 0
+        small = mask.astype(np.uint8 if fits_u8 else np.int32)  # cv2 transforms need u8/int32 masks
         if self._resize is not None:
             r = self._resize(image=image, mask=small)
             valid = r["image"].shape[:2]

@@ -1,5 +1,7 @@
 """Losses. ``conf/loss/<name>.yaml`` targets the class registered under that name in ``LOSSES``."""
 
+from .detection import FCOSLoss, InstanceSegmentationLoss
+from .mask import MaskLoss
 from .segmentation import (
     CombinedSegmentationLoss,
     CrossEntropySegmentationLoss,
@@ -8,7 +10,7 @@ from .segmentation import (
     TverskyLoss,
 )
 
-LOSSES = {
+LOSSES = {  # semantic losses selectable by loss_type
     "ce": CrossEntropySegmentationLoss,
     "dice": DiceLoss,
     "focal": FocalLossPixelwise,
@@ -16,11 +18,5 @@ LOSSES = {
     "combined": CombinedSegmentationLoss,
 }
 
-__all__ = [
-    "LOSSES",
-    "CombinedSegmentationLoss",
-    "CrossEntropySegmentationLoss",
-    "DiceLoss",
-    "FocalLossPixelwise",
-    "TverskyLoss",
-]
+__all__ = ["LOSSES", "CombinedSegmentationLoss", "CrossEntropySegmentationLoss", "DiceLoss", "FCOSLoss",
+           "FocalLossPixelwise", "InstanceSegmentationLoss", "MaskLoss", "TverskyLoss"]

@@ -1,5 +1,6 @@
 """Lightning tasks."""
 
+from .instance import InstanceSegmentor
 from .semantic import SemanticSegmentor
 
-__all__ = ["SemanticSegmentor"]
+__all__ = ["InstanceSegmentor", "SemanticSegmentor"]

@@ -16,8 +16,8 @@ def voc_root(root: Path) -> Path:
     for cand in (root / "VOCdevkit" / "VOC2012", root / "VOC2012", root):
         if (cand / "JPEGImages").is_dir() and (cand / "SegmentationClass").is_dir():
             return cand
-    raise DatasetLayoutError(f"format='voc': looked for JPEGImages/ and SegmentationClass/ in {root}/VOCdevkit/VOC2012, "
-                             f"{root}/VOC2012 and {root}; none has both")
+    raise DatasetLayoutError(f"format='voc': looked for JPEGImages/ and SegmentationClass/ in "
+                             f"{root}/VOCdevkit/VOC2012, {root}/VOC2012 and {root}; none has both")
 
 
 def load_split(root: Path, split: str) -> SplitData:

@@ -1,0 +1,134 @@
+"""FCOS target assignment and inference post-processing, vectorised over images, levels, boxes and detections.
+
+Locations of all levels are concatenated (``points [P, 2]`` in input pixels, ``strides [P]``); ground truth is
+padded to ``[B, N]`` with a validity mask, so assignment is a handful of ``[B, P, N]`` tensor ops.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torchvision.ops import batched_nms
+
+INF = float("inf")
+# FCOS size ranges of the regression targets' max side per level (P3..P7)
+DEFAULT_RANGES = ((0, 64), (64, 128), (128, 256), (256, 512), (512, INF))
+
+
+def make_points(feature_sizes: list[tuple[int, int]], strides: list[int], device=None):
+    """Location centres of every level: points [P, 2] (x, y), strides [P], level index [P]."""
+    pts, strd, lvl = [], [], []
+    for level, ((h, w), s) in enumerate(zip(feature_sizes, strides)):
+        ys, xs = torch.meshgrid(torch.arange(h, device=device), torch.arange(w, device=device), indexing="ij")
+        pts.append(torch.stack([(xs.flatten() + 0.5) * s, (ys.flatten() + 0.5) * s], 1))
+        strd.append(torch.full((h * w,), float(s), device=device))
+        lvl.append(torch.full((h * w,), level, device=device, dtype=torch.long))
+    return torch.cat(pts).float(), torch.cat(strd), torch.cat(lvl)
+
+
+def level_ranges(num_levels: int, level: torch.Tensor) -> torch.Tensor:
+    ranges = list(DEFAULT_RANGES[:num_levels])
+    ranges[-1] = (ranges[-1][0], INF)  # the last level takes everything larger
+    return torch.tensor(ranges, device=level.device, dtype=torch.float32)[level]
+
+
+def pad_targets(targets: list[dict], device) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """List of per-image {"boxes", "labels"} -> boxes [B, N, 4], labels [B, N], valid [B, N]."""
+    n = max([len(t["boxes"]) for t in targets] + [1])
+    B = len(targets)
+    boxes = torch.zeros(B, n, 4, device=device)
+    labels = torch.zeros(B, n, dtype=torch.long, device=device)
+    valid = torch.zeros(B, n, dtype=torch.bool, device=device)
+    for i, t in enumerate(targets):  # a loop over images only, to pad
+        k = len(t["boxes"])
+        if k:
+            boxes[i, :k] = t["boxes"].to(device).float()
+            labels[i, :k] = t["labels"].to(device)
+            valid[i, :k] = True
+    return boxes, labels, valid
+
+
+def assign_targets(points, strides, ranges, gt_boxes, gt_labels, gt_valid, center_radius: float = 1.5):
+    """FCOS assignment: a location is positive for a box when it lies inside the box and within
+    ``center_radius * stride`` of its centre, and the box's max regression distance fits the level's range; ties go
+    to the smallest box.
+
+    Returns pos [B, P] bool, labels [B, P] (valid where pos), boxes [B, P, 4] xyxy, centerness [B, P].
+    """
+    x = points[None, :, 0, None]  # [1, P, 1]
+    y = points[None, :, 1, None]
+    x1, y1, x2, y2 = (gt_boxes[:, None, :, i] for i in range(4))  # [B, 1, N]
+    ltrb = torch.stack([x - x1, y - y1, x2 - x, y2 - y], dim=-1)  # [B, P, N, 4]
+    inside_box = ltrb.amin(-1) > 0
+    cx, cy = (x1 + x2) / 2, (y1 + y2) / 2
+    rad = strides[None, :, None] * center_radius
+    inside_center = ((x - torch.maximum(cx - rad, x1)) > 0) & ((torch.minimum(cx + rad, x2) - x) > 0) \
+        & ((y - torch.maximum(cy - rad, y1)) > 0) & ((torch.minimum(cy + rad, y2) - y) > 0)
+    max_reg = ltrb.amax(-1)
+    in_range = (max_reg >= ranges[None, :, 0, None]) & (max_reg <= ranges[None, :, 1, None])
+    area = ((x2 - x1) * (y2 - y1)).expand_as(max_reg)
+    cand = inside_box & inside_center & in_range & gt_valid[:, None, :]
+    area = torch.where(cand, area, torch.full_like(area, INF))
+    min_area, idx = area.min(dim=-1)  # [B, P]
+    pos = torch.isfinite(min_area)
+    labels = torch.gather(gt_labels, 1, idx)
+    boxes = torch.gather(gt_boxes, 1, idx[..., None].expand(-1, -1, 4))
+    t = torch.gather(ltrb, 2, idx[:, :, None, None].expand(-1, -1, 1, 4))[:, :, 0]
+    lr, tb = t[..., [0, 2]], t[..., [1, 3]]
+    ctr = (lr.amin(-1) / lr.amax(-1).clamp(min=1e-6)) * (tb.amin(-1) / tb.amax(-1).clamp(min=1e-6))
+    ctr = torch.where(pos, ctr.clamp(min=0).sqrt(), torch.zeros_like(ctr))
+    return pos, labels, boxes, ctr
+
+
+def decode_boxes(points: torch.Tensor, strides: torch.Tensor, reg: torch.Tensor) -> torch.Tensor:
+    """reg [..., P, 4] (l, t, r, b in stride units) -> boxes xyxy [..., P, 4] in pixels."""
+    d = reg * strides[:, None]
+    return torch.cat([points - d[..., :2], points + d[..., 2:]], dim=-1)
+
+
+def postprocess(cls_logits, reg, ctr_logits, points, strides, image_size, score_thresh: float = 0.05,
+                nms_thresh: float = 0.5, max_detections: int = 100, pre_nms_top_k: int = 1000):
+    """Scores sqrt(sigmoid(cls) * sigmoid(ctr)), per-image pre-NMS top-k, per-image-per-class NMS in one
+    ``batched_nms`` call, then the per-image top ``max_detections``.
+
+    Returns flat tensors over the batch: image index [D], boxes [D, 4], scores [D], labels [D].
+    """
+    B, P, C = cls_logits.shape
+    scores = (torch.sigmoid(cls_logits.float()) * torch.sigmoid(ctr_logits.float())[..., None]).sqrt()
+    flat = scores.reshape(B, P * C)
+    k = min(pre_nms_top_k, P * C)
+    top_scores, top_idx = flat.topk(k, dim=1)
+    keep = top_scores > score_thresh
+    img = torch.arange(B, device=flat.device)[:, None].expand(B, k)[keep]
+    cand, sc = top_idx[keep], top_scores[keep]
+    loc, label = cand // C, cand % C
+    boxes = decode_boxes(points, strides, reg.float())[img, loc]
+    h, w = image_size
+    boxes = torch.stack([boxes[:, 0].clamp(0, w), boxes[:, 1].clamp(0, h), boxes[:, 2].clamp(0, w),
+                         boxes[:, 3].clamp(0, h)], 1)
+    nonempty = (boxes[:, 2] > boxes[:, 0]) & (boxes[:, 3] > boxes[:, 1])
+    img, boxes, sc, label = img[nonempty], boxes[nonempty], sc[nonempty], label[nonempty]
+    kept = batched_nms(boxes, sc, img * C + label, nms_thresh)  # sorted by score, descending
+    img, boxes, sc, label = img[kept], boxes[kept], sc[kept], label[kept]
+    order = torch.sort(img, stable=True).indices  # group by image, score order kept within each
+    img, boxes, sc, label = img[order], boxes[order], sc[order], label[order]
+    counts = torch.bincount(img, minlength=B)
+    starts = torch.cumsum(counts, 0) - counts
+    rank = torch.arange(len(img), device=img.device) - starts[img]
+    top = rank < max_detections
+    return img[top], boxes[top], sc[top], label[top]
+
+
+def paste_masks(mask_probs: torch.Tensor, boxes: torch.Tensor, height: int, width: int) -> torch.Tensor:
+    """Paste [N, M, M] mask probabilities into [N, H, W] images at their boxes with one ``grid_sample``."""
+    n = mask_probs.shape[0]
+    if n == 0:
+        return mask_probs.new_zeros((0, height, width))
+    x1, y1, x2, y2 = boxes.float().unbind(1)
+    xs = torch.arange(width, device=boxes.device, dtype=torch.float32) + 0.5
+    ys = torch.arange(height, device=boxes.device, dtype=torch.float32) + 0.5
+    u = (xs[None] - x1[:, None]) / (x2 - x1).clamp(min=1e-6)[:, None] * 2 - 1  # [N, W]
+    v = (ys[None] - y1[:, None]) / (y2 - y1).clamp(min=1e-6)[:, None] * 2 - 1  # [N, H]
+    grid = torch.stack([u[:, None, :].expand(n, height, width), v[:, :, None].expand(n, height, width)], dim=-1)
+    return F.grid_sample(mask_probs[:, None].float(), grid, mode="bilinear", padding_mode="zeros",
+                         align_corners=False)[:, 0]
