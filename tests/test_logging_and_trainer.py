@@ -57,6 +57,6 @@ def test_epoch_summary_line(caplog):
 
     cb = EpochSummary()
     with caplog.at_level(logging.INFO, logger="autotimm"):
-        cb.on_validation_epoch_end(T(), None)
+        cb.on_validation_end(T(), None)
     assert "epoch 2 | step 30" in caplog.text and "val/loss 0.2500 | val/miou 0.5000" in caplog.text
     assert "loss_step" not in caplog.text

@@ -99,7 +99,7 @@ class CocoInstanceDataset(Dataset):
             # a box the transform dropped takes its mask and label with it
             tmasks = np.stack([np.asarray(out["masks"][i]) for i in idx_kept]).astype(np.uint8) if len(idx_kept) \
                 else np.zeros((0, *out["image"].shape[-2:]), np.uint8)
-            nonempty = tmasks.reshape(len(tmasks), -1).any(1) if len(tmasks) else np.zeros(0, bool)
+            nonempty = tmasks.any(axis=(1, 2))
             tmasks = tmasks[nonempty]
             item["image"] = out["image"]
             item["valid_size"] = torch.tensor(list(out["image"].shape[-2:]))
@@ -107,24 +107,26 @@ class CocoInstanceDataset(Dataset):
                               "labels": torch.from_numpy(labels[idx_kept][nonempty]),
                               "masks": torch.from_numpy(tmasks), "iscrowd": torch.zeros(len(tmasks), dtype=torch.bool)}
         else:
+            keep = ~crowd
+            net_masks = list(masks[keep])
             if self._resize is not None:
-                r = self._resize(image=image)
+                r = self._resize(image=image, masks=net_masks)
                 valid = r["image"].shape[:2]
-                img = self._finish(image=r["image"])["image"]
+                out = self._finish(image=r["image"], masks=r["masks"])
             else:
-                img = self.transform(image=image)["image"]
-                valid = img.shape[-2:]
+                out = self.transform(image=image, masks=net_masks)
+                valid = out["image"].shape[-2:]
+            img = out["image"]
             item["image"] = img
             item["valid_size"] = torch.tensor([int(valid[0]), int(valid[1])])
-            keep = ~crowd
-            item["target"] = {"boxes": torch.zeros(0, 4), "labels": torch.zeros(0, dtype=torch.long),
-                              "masks": torch.zeros(0, *img.shape[-2:], dtype=torch.uint8),
-                              "iscrowd": torch.zeros(0, dtype=torch.bool)}
-            sy, sx = valid[0] / h, valid[1] / w
-            if keep.any():  # training-style targets at network resolution (for the validation loss)
-                b = masks_to_boxes(masks[keep].astype(bool)) * np.array([sx, sy, sx, sy], np.float32)
-                item["target"]["boxes"] = torch.from_numpy(b)
-                item["target"]["labels"] = torch.from_numpy(labels[keep])
+            # training-style targets at network resolution (for the validation loss)
+            tmasks = np.stack([np.asarray(m) for m in out["masks"]]).astype(np.uint8) if net_masks \
+                else np.zeros((0, *img.shape[-2:]), np.uint8)
+            nonempty = tmasks.any(axis=(1, 2))
+            tmasks = tmasks[nonempty]
+            item["target"] = {"boxes": torch.from_numpy(masks_to_boxes(tmasks.astype(bool))),
+                              "labels": torch.from_numpy(labels[keep][nonempty]), "masks": torch.from_numpy(tmasks),
+                              "iscrowd": torch.zeros(len(tmasks), dtype=torch.bool)}
             item["orig_target"] = {"boxes": torch.from_numpy(masks_to_boxes(masks.astype(bool))),
                                    "labels": torch.from_numpy(labels), "masks": torch.from_numpy(masks.astype(bool)),
                                    "iscrowd": torch.from_numpy(crowd)}

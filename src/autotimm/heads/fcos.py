@@ -12,7 +12,8 @@ import torch.nn.functional as F
 
 
 def group_norm(channels: int) -> nn.GroupNorm:
-    groups = math.gcd(32, channels)
+    # up to 32 groups, at least 2 channels each: a 1x1 map (P7 of a small image) still has 2 values per group
+    groups = math.gcd(32, max(1, channels // 2))
     return nn.GroupNorm(groups, channels)
 
 

@@ -7,6 +7,7 @@ import inspect
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+import numpy as np
 from torch import nn
 
 STAGES = ("train", "val", "test")
@@ -84,9 +85,19 @@ def _accepted(cls: type) -> set[str]:
     return names
 
 
+def coco_thresholds() -> dict[str, list[float]]:
+    """pycocotools' own IoU and recall thresholds (float64 ``np.linspace``). torchmetrics builds them in float32
+    (0.55 -> 0.550000011920929), so an IoU exactly on a threshold, common with masks on a pixel grid, is matched
+    differently from COCOeval; passing these makes ``MeanAveragePrecision`` agree with COCOeval."""
+    return {"iou_thresholds": np.linspace(0.5, 0.95, 10).tolist(), "rec_thresholds": np.linspace(0.0, 1.0, 101).tolist()}
+
+
 def build_metric(cfg: MetricConfig, defaults: dict[str, Any]):
     cls = resolve_metric_class(cfg.metric_class)
     params = dict(cfg.params)
+    if cls.__name__ == "MeanAveragePrecision":
+        for key, value in coco_thresholds().items():
+            params.setdefault(key, value)
     accepted = _accepted(cls)
     for key, value in defaults.items():
         if key in accepted and key not in params and value is not None:

@@ -31,7 +31,8 @@ class InstanceSegmentor(BaseTask):
     id, filled from the datamodule at fit time) and ``channels_last``.
 
     Metrics: a ``MeanAveragePrecision`` config named ``mask_map`` logs ``<stage>/mask_map``, ``<stage>/mask_map_50``,
-    ``<stage>/mask_map_75``, ... (every scalar it computes, ``map`` replaced by the config's name).
+    ``<stage>/mask_map_75``, ``<stage>/mask_mar_100``... (every scalar it computes, prefixed by the name less its
+    ``map``); a name not ending in ``map`` prefixes the keys whole (``segm`` -> ``segm_map_50``).
     """
 
     def __init__(
@@ -147,6 +148,8 @@ class InstanceSegmentor(BaseTask):
             return self.mask_head.predictor.weight.sum() * 0.0
         logits = self.mask_head(self.mask_head.pool(features, rois, image_size))
         masks = torch.cat([t["masks"] for t in targets]).to(logits.device)
+        if len(masks) != n:
+            raise ValueError(f"targets hold {n} boxes but {len(masks)} masks; each instance needs both")
         boxes = torch.cat(rois)
         idx = torch.arange(n, device=boxes.device, dtype=boxes.dtype)[:, None]
         m = self.mask_head.mask_size
@@ -243,11 +246,12 @@ class InstanceSegmentor(BaseTask):
             if not isinstance(values, dict):
                 self.log(f"{stage}/{cfg.name}", values, prog_bar=cfg.prog_bar)
                 continue
-            base = cfg.name
+            # "mask_map" -> mask_map, mask_map_50, ..., mask_mar_100; another name -> <name>_map, <name>_mar_100
+            prefix = cfg.name[:-3] if cfg.name.endswith("map") else f"{cfg.name}_"
             for k, v in values.items():
                 if not isinstance(v, torch.Tensor) or v.numel() != 1 or k == "classes":
                     continue
-                name = base if k == "map" else f"{base}_{k[4:]}" if k.startswith("map_") else f"{base}_{k}"
+                name = prefix + k
                 self.log(f"{stage}/{name}", v.float(), prog_bar=cfg.prog_bar and k in ("map", "map_50"),
                          sync_dist=True)
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import re
 import time
 
 import pytorch_lightning as pl
@@ -15,6 +16,9 @@ class EpochSummary(pl.Callback):
     """Logs one line per validation epoch (``epoch 3 | 41.2s | val/loss 0.61 | val/miou 0.52 ...``), so a run's
     progress is readable in log files and CI, where the live progress bar does not render."""
 
+    # headline metrics only: COCO size breakdowns and low-max-dets recalls stay in the logger
+    SKIP = re.compile(r"_(small|medium|large|per_class)$|_mar_(1|10)$|_step$|^train/loss_")
+
     def __init__(self, prefixes: tuple[str, ...] = ("val/", "train/loss")):
         self.prefixes = prefixes
         self._t0 = None
@@ -22,12 +26,13 @@ class EpochSummary(pl.Callback):
     def on_train_start(self, trainer, pl_module):
         self._t0 = time.perf_counter()
 
-    def on_validation_epoch_end(self, trainer, pl_module):
+    def on_validation_end(self, trainer, pl_module):
+        # after the module's own epoch-end hook, which logs metrics such as mAP
         if trainer.sanity_checking or not trainer.is_global_zero:
             return
         parts = []
         for k, v in sorted(trainer.callback_metrics.items()):
-            if k.startswith(self.prefixes) and not k.endswith("_step"):
+            if k.startswith(self.prefixes) and not self.SKIP.search(k):
                 v = v.item() if isinstance(v, torch.Tensor) and v.numel() == 1 else v
                 if isinstance(v, float):
                     parts.append(f"{k} {v:.4f}")

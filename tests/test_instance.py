@@ -1,0 +1,295 @@
+"""Instance segmentation: FCOS assignment and post-processing, mask pasting, data, and mAP against COCOeval."""
+
+import json
+
+import albumentations as A
+import numpy as np
+import pytest
+import torch
+from albumentations.pytorch import ToTensorV2
+from PIL import Image
+from pycocotools import mask as mask_utils
+from pycocotools.coco import COCO
+from pycocotools.cocoeval import COCOeval
+
+from autotimm import FeatureBackboneConfig, InstanceSegmentationDataModule, InstanceSegmentor, MetricConfig
+from autotimm.data.instance import masks_to_boxes
+from autotimm.losses import MaskLoss
+from autotimm.metrics import build_metric
+from autotimm.tasks.fcos import assign_targets, level_ranges, make_points, paste_masks, postprocess
+
+TINY = FeatureBackboneConfig("test_resnet", pretrained=False)
+
+
+# ------------------------------------------------------------------------------------------------ assignment
+def test_assignment_by_hand():
+    points, strides, lvl = make_points([(4, 4)], [8])  # one level, stride 8: centres 4, 12, 20, 28
+    ranges = level_ranges(1, lvl)
+    boxes = torch.tensor([[[0.0, 0.0, 16.0, 16.0], [0.0, 0.0, 32.0, 32.0]]])
+    labels = torch.tensor([[2, 1]])
+    valid = torch.tensor([[True, True]])
+    pos, lab, bx, ctr = assign_targets(points, strides, ranges, boxes, labels, valid, center_radius=1.5)
+    pos, lab, ctr = pos[0].view(4, 4), lab[0].view(4, 4), ctr[0].view(4, 4)
+    # small box: its centre region (radius 12 around (8, 8), clipped to the box) holds the 4 locations at 4 and 12;
+    # big box: the open region x, y in (4, 28) around (16, 16) holds 12 and 20 on each axis, and (12, 12) goes to
+    # the smaller box (ties to the smallest), leaving it 3
+    assert lab[:2, :2].eq(2).all() and pos[:2, :2].all()
+    assert pos[1, 2] and pos[2, 1] and pos[2, 2] and lab[1, 2] == lab[2, 1] == lab[2, 2] == 1
+    assert pos.sum() == 7
+    assert ctr[0, 0].item() == pytest.approx(1 / 3)  # l=t=4, r=b=12 -> sqrt(4/12 * 4/12)
+    assert not pos[0, 3] and not pos[3, 0]  # outside the big box's centre region
+    assert torch.equal(bx[0, 0], boxes[0, 0])
+
+
+def test_size_ranges_send_big_boxes_to_coarse_levels():
+    points, strides, lvl = make_points([(16, 16), (8, 8)], [8, 16])
+    ranges = level_ranges(2, lvl)
+    big = torch.tensor([[[0.0, 0.0, 128.0, 128.0]]])
+    pos, *_ = assign_targets(points, strides, ranges, big, torch.tensor([[0]]), torch.tensor([[True]]))
+    assert pos[0, lvl == 0].sum() == 0 and pos[0, lvl == 1].sum() > 0
+
+
+def test_no_gt_and_no_positive_losses_are_finite():
+    model = InstanceSegmentor(TINY, num_classes=3, fpn_channels=32, head_num_convs=1)
+    empty = {"boxes": torch.zeros(0, 4), "labels": torch.zeros(0, dtype=torch.long),
+             "masks": torch.zeros(0, 64, 64, dtype=torch.uint8), "iscrowd": torch.zeros(0, dtype=torch.bool)}
+    out = model(torch.randn(2, 3, 64, 64))
+    losses = model.compute_losses(out, [empty, empty], (64, 64))
+    losses["loss"].backward()
+    assert all(torch.isfinite(v) for v in losses.values())
+    assert losses["loss_reg"].item() == 0 and losses["loss_mask"].item() == 0
+    assert all(torch.isfinite(p.grad).all() for p in model.parameters() if p.grad is not None)
+
+
+def test_mask_loss_uses_the_label_channel():
+    logits = torch.zeros(2, 3, 2, 2)
+    logits[0, 1] = 10.0  # confident foreground on instance 0's own class
+    target = torch.ones(2, 2, 2)
+    loss = MaskLoss()(logits, target, torch.tensor([1, 2]))
+    expected = (4 * torch.nn.functional.softplus(torch.tensor(-10.0)) + 4 * np.log(2)) / 8
+    assert loss.item() == pytest.approx(expected.item(), rel=1e-5)
+    assert MaskLoss()(torch.zeros(0, 3, 2, 2), torch.zeros(0, 2, 2), torch.zeros(0, dtype=torch.long)).item() == 0
+
+
+# ------------------------------------------------------------------------------------------------ inference
+def test_postprocess_nms_per_class_and_top_k_per_image():
+    points = torch.tensor([[8.0, 8.0], [9.0, 8.0], [40.0, 40.0]])
+    strides = torch.full((3,), 8.0)
+    reg = torch.ones(2, 3, 4)  # 16x16 boxes around each point
+    cls = torch.full((2, 3, 2), -10.0)
+    cls[0, 0, 0], cls[0, 1, 0], cls[0, 1, 1], cls[0, 2, 1] = 4.0, 3.0, 2.0, 1.0
+    cls[1, 2, 0] = 5.0
+    ctr = torch.full((2, 3), 10.0)
+    img, boxes, scores, labels = postprocess(cls, reg, ctr, points, strides, (64, 64), score_thresh=0.3,
+                                             nms_thresh=0.5, max_detections=2)
+    # image 0: point 1 class 0 is suppressed by point 0 class 0 (IoU ~0.9); class 1 at point 1 survives
+    # (other class); point 2 class 1 is third and cut by max_detections=2
+    assert img.tolist() == [0, 0, 1]
+    assert labels.tolist() == [0, 1, 0]
+    assert scores[0] > scores[1]
+    assert torch.allclose(boxes[0], torch.tensor([0.0, 0.0, 16.0, 16.0]))
+
+
+def test_paste_masks_exact_on_pixel_grid():
+    probs = torch.ones(2, 7, 7)
+    boxes = torch.tensor([[2.0, 3.0, 6.0, 5.0], [0.0, 0.0, 10.0, 10.0]])
+    out = paste_masks(probs, boxes, 10, 12) >= 0.5
+    want = torch.zeros(10, 12, dtype=torch.bool)
+    want[3:5, 2:6] = True
+    assert torch.equal(out[0], want)
+    assert out[1, :10, :10].all() and not out[1, :, 10:].any()
+
+
+@pytest.mark.parametrize("mask_size, roi", [(14, 7), (28, 14), (56, 14), (20, 10), (7, 5)])
+def test_mask_and_roi_sizes_and_predict_format(mask_size, roi):
+    model = InstanceSegmentor(TINY, num_classes=3, fpn_channels=32, head_num_convs=1, mask_size=mask_size,
+                              roi_pool_size=roi, score_thresh=0.0, max_detections_per_image=5,
+                              category_ids=[3, 7, 90])
+    model.eval()
+    preds = model.predict(torch.randn(2, 3, 64, 96))
+    assert len(preds) == 2
+    for p in preds:
+        n = len(p["boxes"])
+        assert p["boxes"].shape == (n, 4) and p["scores"].shape == (n,) and p["labels"].shape == (n,)
+        assert p["masks"].shape == (n, 64, 96) and set(p["masks"].unique().tolist()) <= {0, 1}
+        assert set(p["category_ids"].tolist()) <= {3, 7, 90}
+        assert n <= 5
+    feats = model(torch.randn(1, 3, 64, 64))["features"]
+    logits = model.mask_head(model.mask_head.pool(feats, [torch.tensor([[0.0, 0, 30, 30]])], (64, 64)))
+    assert logits.shape == (1, 3, mask_size, mask_size)
+
+
+# ------------------------------------------------------------------------------------------------ data
+def rle(m):
+    r = mask_utils.encode(np.asfortranarray(m.astype(np.uint8)))
+    r["counts"] = r["counts"].decode()
+    return r
+
+
+def uncompressed_rle(m):
+    flat, counts, val, run = m.flatten(order="F"), [], 0, 0
+    for v in flat:
+        if v != val:
+            counts.append(run)
+            val, run = v, 0
+        run += 1
+    counts.append(run)
+    return {"size": list(m.shape), "counts": counts}
+
+
+def write_coco(root, split="val"):
+    img_dir = root / f"{split}2017"
+    img_dir.mkdir(parents=True)
+    rng = np.random.default_rng(0)
+    Image.fromarray(rng.integers(0, 255, (40, 60), dtype=np.uint8), mode="L").save(img_dir / "gray.png")
+    Image.fromarray(rng.integers(0, 255, (40, 60, 4), dtype=np.uint8), mode="RGBA").save(img_dir / "rgba.png")
+    Image.fromarray(rng.integers(0, 255, (40, 60, 3), dtype=np.uint8)).save(img_dir / "empty.jpg")
+    a = np.zeros((40, 60), bool)
+    a[5:15, 30:50] = True
+    b = np.zeros((40, 60), bool)
+    b[20:35, 5:20] = True
+    crowd = np.zeros((40, 60), bool)
+    crowd[0:5, 0:10] = True
+    anns = [
+        {"id": 1, "image_id": 10, "category_id": 7, "iscrowd": 0, "area": 100.0, "bbox": [0, 0, 10, 10],
+         "segmentation": [[0, 0, 10, 0, 10, 10, 0, 10]]},
+        {"id": 2, "image_id": 10, "category_id": 90, "iscrowd": 0, "area": 200.0, "bbox": [30, 5, 20, 10],
+         "segmentation": rle(a)},
+        {"id": 3, "image_id": 11, "category_id": 3, "iscrowd": 0, "area": 225.0, "bbox": [5, 20, 15, 15],
+         "segmentation": uncompressed_rle(b)},
+        {"id": 4, "image_id": 11, "category_id": 3, "iscrowd": 1, "area": 50.0, "bbox": [0, 0, 10, 5],
+         "segmentation": uncompressed_rle(crowd)},
+        {"id": 5, "image_id": 11, "category_id": 7, "iscrowd": 0, "area": 4.0, "bbox": [50, 30, 2, 2],
+         "segmentation": [[50, 30, 52, 30, 52, 32, 50, 32]]},
+    ]
+    data = {"images": [{"id": 10, "file_name": "gray.png", "height": 40, "width": 60},
+                       {"id": 11, "file_name": "rgba.png", "height": 40, "width": 60},
+                       {"id": 12, "file_name": "empty.jpg", "height": 40, "width": 60}],
+            "annotations": anns,
+            "categories": [{"id": 3, "name": "car"}, {"id": 7, "name": "train"}, {"id": 90, "name": "brush"}]}
+    (root / "annotations").mkdir(exist_ok=True)
+    (root / "annotations" / f"instances_{split}2017.json").write_text(json.dumps(data))
+
+
+def test_coco_instance_decoding(tmp_path):
+    write_coco(tmp_path, "train")
+    write_coco(tmp_path, "val")
+    dm = InstanceSegmentationDataModule(tmp_path, image_size=64, batch_size=3, num_workers=0,
+                                        augmentation_preset="light", min_area=10.0)
+    dm.setup("fit")
+    assert dm.category_ids == [3, 7, 90] and dm.class_names == ["car", "train", "brush"]
+    assert len(dm.train_dataset) == 3  # the image without annotations is kept
+    val = dm.val_dataset
+    gray, rgba, empty = val[0], val[1], val[2]
+    assert gray["image"].shape == (3, 64, 64)  # grayscale converted to 3 channels
+    ot = gray["orig_target"]
+    assert ot["labels"].tolist() == [1, 2]  # category 7 -> 1, 90 -> 2 (polygon and compressed RLE)
+    assert ot["masks"][1].sum() == 200 and ot["boxes"][1].tolist() == [30.0, 5.0, 50.0, 15.0]
+    ot = rgba["orig_target"]
+    # uncompressed RLE; the crowd is kept for evaluation; the 4-pixel object is under min_area
+    assert ot["labels"].tolist() == [0, 0] and ot["iscrowd"].tolist() == [False, True]
+    assert ot["masks"][0].sum() == 225
+    assert len(empty["orig_target"]["labels"]) == 0
+    train_rgba = dm.train_dataset[1]["target"]
+    assert train_rgba["labels"].tolist() == [0] and not train_rgba["iscrowd"].any()  # no crowd in training
+
+
+def test_dropped_box_takes_its_mask_and_label(shapes_root):
+    crop = A.Compose([A.Crop(0, 0, 32, 32), A.Normalize(), ToTensorV2()],
+                     bbox_params=A.BboxParams(format="pascal_voc", label_fields=["labels", "instance_idx"],
+                                              min_visibility=0.3))
+    dm = InstanceSegmentationDataModule(shapes_root, image_size=64, batch_size=4, num_workers=0,
+                                        custom_train_transforms=crop)
+    dm.setup("fit")
+    for i in range(len(dm.train_dataset)):
+        t = dm.train_dataset[i]["target"]
+        assert len(t["boxes"]) == len(t["labels"]) == len(t["masks"])
+        assert torch.equal(t["boxes"], torch.from_numpy(masks_to_boxes(t["masks"].numpy().astype(bool))))
+
+
+def test_strong_augmentation_keeps_boxes_masks_and_labels_in_step(shapes_root):
+    dm = InstanceSegmentationDataModule(shapes_root, image_size=64, batch_size=4, num_workers=0,
+                                        augmentation_preset="strong")
+    dm.setup("fit")
+    torch.manual_seed(0)
+    np.random.seed(0)
+    seen_drop = False
+    for _ in range(3):
+        for i in range(len(dm.train_dataset)):
+            t = dm.train_dataset[i]["target"]
+            n_src = sum(1 for a in dm.train_dataset.coco.imgToAnns[dm.train_dataset.ids[i]] if not a["iscrowd"])
+            seen_drop |= len(t["labels"]) < n_src
+            assert len(t["boxes"]) == len(t["labels"]) == len(t["masks"])
+            assert (t["masks"].flatten(1).sum(1) > 0).all()
+            assert torch.equal(t["boxes"], torch.from_numpy(masks_to_boxes(t["masks"].numpy().astype(bool))))
+    assert seen_drop  # strong crops did drop instances, and their masks went with them
+
+
+# ------------------------------------------------------------------------------------------------ metrics
+def test_map_agrees_with_cocoeval(tmp_path):
+    rng = np.random.default_rng(1)
+    H = W = 48
+    gts, preds, images, anns, dets = [], [], [], [], []
+    for img_id in range(1, 5):
+        g_masks, g_labels = [], []
+        for _ in range(3):
+            m = np.zeros((H, W), bool)
+            x, y, s = rng.integers(0, 30, 3)
+            m[y: y + 8 + s % 10, x: x + 8 + s % 12] = True
+            g_masks.append(m)
+            g_labels.append(int(rng.integers(0, 2)))
+        p_masks, p_labels, p_scores = [], [], []
+        for m, lab in zip(g_masks, g_labels):
+            q = np.roll(m, int(rng.integers(-3, 4)), axis=int(rng.integers(0, 2)))
+            p_masks.append(q)
+            p_labels.append(lab if rng.random() < 0.8 else 1 - lab)
+            p_scores.append(float(rng.random()))
+        gm, pm = np.stack(g_masks), np.stack(p_masks)
+        gts.append({"boxes": torch.from_numpy(masks_to_boxes(gm)), "labels": torch.tensor(g_labels),
+                    "masks": torch.from_numpy(gm), "iscrowd": torch.zeros(3, dtype=torch.long)})
+        preds.append({"boxes": torch.from_numpy(masks_to_boxes(pm)), "labels": torch.tensor(p_labels),
+                      "scores": torch.tensor(p_scores), "masks": torch.from_numpy(pm)})
+        images.append({"id": img_id, "height": H, "width": W, "file_name": f"{img_id}.png"})
+        for m, lab in zip(g_masks, g_labels):
+            r = rle(m)
+            anns.append({"id": len(anns) + 1, "image_id": img_id, "category_id": lab, "segmentation": r,
+                         "area": float(m.sum()), "bbox": mask_utils.toBbox(r).tolist(), "iscrowd": 0})
+        for m, lab, s in zip(p_masks, p_labels, p_scores):
+            r = rle(m)
+            dets.append({"image_id": img_id, "category_id": lab, "segmentation": r, "score": s,
+                         "bbox": mask_utils.toBbox(r).tolist()})
+    gt_file = tmp_path / "gt.json"
+    gt_file.write_text(json.dumps({"images": images, "annotations": anns,
+                                   "categories": [{"id": 0, "name": "a"}, {"id": 1, "name": "b"}]}))
+    coco = COCO(str(gt_file))
+    for iou_type in ("segm", "bbox"):
+        ev = COCOeval(coco, coco.loadRes(dets), iou_type)
+        ev.evaluate()
+        ev.accumulate()
+        ev.summarize()
+        # as the task builds it from a MetricConfig (with COCO's exact thresholds)
+        metric = build_metric(MetricConfig(name="m", metric_class="MeanAveragePrecision",
+                                           params={"box_format": "xyxy", "iou_type": iou_type}), {})
+        metric.update(preds, gts)
+        res = metric.compute()
+        assert res["map"].item() == pytest.approx(ev.stats[0], abs=1e-3)
+        assert res["map_50"].item() == pytest.approx(ev.stats[1], abs=1e-3)
+        assert res["map_75"].item() == pytest.approx(ev.stats[2], abs=1e-3)
+
+
+def test_map_metric_names_logged():
+    model = InstanceSegmentor(TINY, num_classes=2, fpn_channels=32, head_num_convs=1, metrics=[
+        MetricConfig(name="mask_map", metric_class="MeanAveragePrecision",
+                     params={"box_format": "xyxy", "iou_type": "segm"}, stages=["val"])])
+    logged = {}
+    model.log = lambda name, value, **kw: logged.__setitem__(name, float(value))
+    m = torch.zeros(1, 16, 16, dtype=torch.bool)
+    m[0, 2:8, 2:8] = True
+    t = {"boxes": torch.tensor([[2.0, 2, 8, 8]]), "labels": torch.tensor([1]), "masks": m,
+         "iscrowd": torch.tensor([0])}
+    p = {"boxes": torch.tensor([[2.0, 2, 8, 8]]), "labels": torch.tensor([1]), "scores": torch.tensor([0.9]),
+         "masks": m}
+    model.metric_manager.metrics["val__mask_map"].update([p], [t])
+    model._log_dict_metrics("val")
+    assert logged["val/mask_map"] == pytest.approx(1.0) and logged["val/mask_map_50"] == pytest.approx(1.0)
+    assert "val/mask_map_75" in logged and "val/mask_mar_100" in logged
