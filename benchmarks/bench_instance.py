@@ -1,0 +1,159 @@
+"""Instance segmentation speed on CPU.
+
+Prints training images/s (resnet18, 128x128, batch 8), FCOS target-assignment time per image with 50 boxes, and
+predict time per image with 1 and with 100 detections.
+
+    python benchmarks/bench_instance.py                 # this repository's InstanceSegmentor
+    /path/to/venv/bin/python benchmarks/bench_instance.py --public
+        # the public AutoTimm (pip install autotimm==0.7.37 in a separate virtual environment): training row only
+
+The batch is synthetic (3 rectangles/ellipses per image, 4 classes) and built here, so both packages see the same
+inputs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import time
+
+import numpy as np
+import torch
+
+
+def synthetic_batch(batch: int, size: int, per_image: int = 3, num_classes: int = 4, seed: int = 0):
+    rng = np.random.default_rng(seed)
+    images = torch.randn(batch, 3, size, size)
+    boxes, labels, masks = [], [], []
+    yy, xx = np.mgrid[:size, :size]
+    for _ in range(batch):
+        b, lab, m = [], [], []
+        for _ in range(per_image):
+            w, h = rng.integers(size // 8, size // 3, 2)
+            x, y = rng.integers(0, size - w), rng.integers(0, size - h)
+            mk = ((xx - x - w / 2) / (w / 2)) ** 2 + ((yy - y - h / 2) / (h / 2)) ** 2 <= 1 if rng.random() < 0.5 \
+                else (xx >= x) & (xx < x + w) & (yy >= y) & (yy < y + h)
+            ys, xs = np.nonzero(mk)
+            b.append([xs.min(), ys.min(), xs.max() + 1, ys.max() + 1])
+            lab.append(int(rng.integers(0, num_classes)))
+            m.append(mk)
+        boxes.append(torch.tensor(b, dtype=torch.float32))
+        labels.append(torch.tensor(lab))
+        masks.append(torch.from_numpy(np.stack(m)).to(torch.uint8))
+    return images, boxes, labels, masks
+
+
+def time_steps(step, steps: int, warmup: int = 3) -> float:
+    for _ in range(warmup):
+        step()
+    t = time.perf_counter()
+    for _ in range(steps):
+        step()
+    return (time.perf_counter() - t) / steps
+
+
+def bench_public(args):
+    import autotimm
+    from autotimm import FeatureBackboneConfig, InstanceSegmentor
+
+    model = InstanceSegmentor(FeatureBackboneConfig("resnet18", pretrained=False), num_classes=4,
+                              compile_model=False)
+    model.log = lambda *a, **k: None
+    images, boxes, labels, masks = synthetic_batch(args.batch, args.size)
+    batch = {"image": images, "boxes": boxes, "labels": labels, "masks": masks}
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
+    model.train()
+
+    def step():
+        loss = model.training_step(batch, 0)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+
+    sec = time_steps(step, args.steps)
+    print(f"| public autotimm {autotimm.__version__} (fpn 256, 4 convs, compile off) | fp32 | "
+          f"{args.batch / sec:.1f} |")
+
+
+def bench_ours(args):
+    from autotimm import FeatureBackboneConfig, InstanceSegmentor
+    from autotimm.tasks.fcos import assign_targets, level_ranges, make_points, pad_targets
+
+    images, boxes, labels, masks = synthetic_batch(args.batch, args.size)
+    targets = [{"boxes": b, "labels": lab, "masks": m, "iscrowd": torch.zeros(len(b), dtype=torch.bool)}
+               for b, lab, m in zip(boxes, labels, masks)]
+    batch = {"image": images, "targets": targets}
+    print("| model | precision | train img/s |")
+    print("|---|---|---:|")
+    configs = {"spec defaults (fpn 256, 4 convs)": {},
+               "conf/model/instance.yaml (fpn 128, 2 convs)": {"fpn_channels": 128, "head_num_convs": 2}}
+    for name, kw in configs.items():
+        for precision in ("fp32", "bf16 autocast + channels_last"):
+            bf16 = precision != "fp32"
+            model = InstanceSegmentor(FeatureBackboneConfig("resnet18", pretrained=False), num_classes=4,
+                                      channels_last=bf16, **kw)
+            model.log = lambda *a, **k: None
+            opt = model.configure_optimizers()["optimizer"]
+            ctx = (lambda: torch.autocast("cpu", dtype=torch.bfloat16)) if bf16 else contextlib.nullcontext
+
+            def step(model=model, opt=opt, ctx=ctx):
+                with ctx():
+                    loss = model.training_step(batch, 0)
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                opt.step()
+
+            sec = time_steps(step, args.steps)
+            print(f"| autotimm (this repo), {name} | {precision} | {args.batch / sec:.1f} |")
+
+    print("\nFCOS target assignment, 50 boxes, one image (P3-P7):\n")
+    print("| image size | locations | ms per image |")
+    print("|---:|---:|---:|")
+    for size in (128, 640):
+        strides = [8, 16, 32, 64, 128]
+        sizes = [(-(-size // s), -(-size // s)) for s in strides]
+        points, strd, lvl = make_points(sizes, strides)
+        ranges = level_ranges(len(strides), lvl)
+        rng = np.random.default_rng(0)
+        xy = rng.uniform(0, size * 0.8, (50, 2))
+        wh = rng.uniform(size * 0.02, size * 0.5, (50, 2))
+        b = torch.tensor(np.concatenate([xy, np.minimum(xy + wh, size)], 1), dtype=torch.float32)
+        gt = pad_targets([{"boxes": b, "labels": torch.zeros(50, dtype=torch.long)}], "cpu")
+        sec = time_steps(lambda p=points, s=strd, r=ranges, g=gt: assign_targets(p, s, r, *g), 50)
+        print(f"| {size} | {len(points)} | {sec * 1000:.2f} |")
+
+    print("\npredict (batch 1, 128x128, resnet18, masks pasted at input size):\n")
+    print("| detections | ms per image |")
+    print("|---:|---:|")
+    times = {}
+    x = torch.randn(1, 3, args.size, args.size)
+    for n in (1, 100):
+        model = InstanceSegmentor(FeatureBackboneConfig("resnet18", pretrained=False), num_classes=4,
+                                  score_thresh=0.0, max_detections_per_image=n, nms_thresh=1.0).eval()
+        got = len(model.predict(x)[0]["boxes"])
+        times[n] = time_steps(lambda model=model: model.predict(x), args.steps)
+        print(f"| {got} | {times[n] * 1000:.1f} |")
+    print(f"\n100 detections / 1 detection: {times[100] / times[1]:.2f}x")
+
+
+def main():
+    p = argparse.ArgumentParser()
+    p.add_argument("--public", action="store_true", help="benchmark the installed public autotimm instead")
+    p.add_argument("--steps", type=int, default=10)
+    p.add_argument("--batch", type=int, default=8)
+    p.add_argument("--size", type=int, default=128)
+    p.add_argument("--threads", type=int, default=2)
+    args = p.parse_args()
+    torch.set_num_threads(args.threads)
+    torch.manual_seed(0)
+    print(f"torch {torch.__version__}, {args.threads} threads, resnet18, {args.size}x{args.size}, batch {args.batch}\n")
+    if args.public:
+        print("| model | precision | train img/s |")
+        print("|---|---|---:|")
+        bench_public(args)
+    else:
+        bench_ours(args)
+
+
+if __name__ == "__main__":
+    main()
