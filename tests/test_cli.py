@@ -42,3 +42,29 @@ def test_train_then_eval_subprocess(tmp_path, shapes_root):
     evals = list((tmp_path / "outputs" / "eval" / "runs").iterdir())
     em = json.loads((evals[0] / "metrics.json").read_text())
     assert 0.0 <= em["test/miou"] <= 1.0 and em["ckpt_path"].endswith("last.ckpt")
+
+
+@pytest.mark.slow
+def test_instance_train_eval_and_mask_size_multirun(tmp_path, shapes_root):
+    common = [f"paths.log_dir={tmp_path}/outputs", f"dataset.data_dir={shapes_root}", "dataset.num_train=24",
+              "dataset.num_val=8", "dataset.source_size=64", "dataset.seed=3", "dataset.image_size=64",
+              "dataset.batch_size=8", "dataset.num_workers=0", "backbone=test_resnet", "model.fpn_channels=32",
+              "model.head_num_convs=1", "head.num_convs=1", "trainer.check_val_every_n_epoch=1"]
+    run("train.py", "experiment=instance_shapes", *common, "trainer.max_epochs=1", "test=true")
+    out = next((tmp_path / "outputs" / "instance_shapes" / "runs").iterdir())
+    metrics = json.loads((out / "metrics.json").read_text())
+    for key in ("val/mask_map", "val/mask_map_50", "val/bbox_map", "test/mask_map", "train/loss"):
+        assert key in metrics, key
+    assert metrics["monitor"] == "val/mask_map_50"
+    run("eval.py", "model=instance", *common, f"ckpt_path={out / 'checkpoints' / 'last.ckpt'}")
+    em = json.loads(next((tmp_path / "outputs" / "eval" / "runs").iterdir()).joinpath("metrics.json").read_text())
+    assert "test/mask_map_50" in em and "test/bbox_map" in em
+
+    run("train.py", "-m", "model=instance", "head.mask_size=14,28", *common, "trainer.max_epochs=1",
+        "task_name=sweep")
+    sweep = next((tmp_path / "outputs" / "sweep" / "multiruns").iterdir())
+    jobs = sorted(p for p in sweep.iterdir() if p.is_dir() and p.name.isdigit())
+    assert [p.name for p in jobs] == ["0", "1"]
+    for job, size in zip(jobs, (14, 28)):
+        assert json.loads((job / "metrics.json").read_text())["status"] == "completed"
+        assert f"head.mask_size={size}" in (job / ".hydra" / "overrides.yaml").read_text()

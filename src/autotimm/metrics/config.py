@@ -89,7 +89,8 @@ def coco_thresholds() -> dict[str, list[float]]:
     """pycocotools' own IoU and recall thresholds (float64 ``np.linspace``). torchmetrics builds them in float32
     (0.55 -> 0.550000011920929), so an IoU exactly on a threshold, common with masks on a pixel grid, is matched
     differently from COCOeval; passing these makes ``MeanAveragePrecision`` agree with COCOeval."""
-    return {"iou_thresholds": np.linspace(0.5, 0.95, 10).tolist(), "rec_thresholds": np.linspace(0.0, 1.0, 101).tolist()}
+    return {"iou_thresholds": np.linspace(0.5, 0.95, 10).tolist(),
+            "rec_thresholds": np.linspace(0.0, 1.0, 101).tolist()}
 
 
 def build_metric(cfg: MetricConfig, defaults: dict[str, Any]):
