@@ -114,7 +114,7 @@ def test_mask_and_roi_sizes_and_predict_format(mask_size, roi):
         assert p["masks"].shape == (n, 64, 96) and set(p["masks"].unique().tolist()) <= {0, 1}
         assert set(p["category_ids"].tolist()) <= {3, 7, 90}
         assert n <= 5
-    feats = model(torch.randn(1, 3, 64, 64))["features"]
+    feats = model(torch.randn(1, 3, 64, 64))["mask_features"]
     logits = model.mask_head(model.mask_head.pool(feats, [torch.tensor([[0.0, 0, 30, 30]])], (64, 64)))
     assert logits.shape == (1, 3, mask_size, mask_size)
 
@@ -196,8 +196,7 @@ def test_coco_instance_decoding(tmp_path):
 
 def test_dropped_box_takes_its_mask_and_label(shapes_root):
     crop = A.Compose([A.Crop(0, 0, 32, 32), A.Normalize(), ToTensorV2()],
-                     bbox_params=A.BboxParams(format="pascal_voc", label_fields=["labels", "instance_idx"],
-                                              min_visibility=0.3))
+                     bbox_params=A.BboxParams(format="pascal_voc", label_fields=["labels"], min_visibility=0.3))
     dm = InstanceSegmentationDataModule(shapes_root, image_size=64, batch_size=4, num_workers=0,
                                         custom_train_transforms=crop)
     dm.setup("fit")
@@ -293,3 +292,46 @@ def test_map_metric_names_logged():
     model._log_dict_metrics("val")
     assert logged["val/mask_map"] == pytest.approx(1.0) and logged["val/mask_map_50"] == pytest.approx(1.0)
     assert "val/mask_map_75" in logged and "val/mask_mar_100" in logged
+
+
+def test_spec_custom_transform_coco_boxes_and_variable_sizes(shapes_root):
+    """The API reference's example: COCO-format boxes, RandomScale (sizes vary), label field 'labels'."""
+    transforms = A.Compose([
+        A.RandomScale(scale_limit=0.1),
+        A.HorizontalFlip(p=0.5),
+        A.ColorJitter(brightness=0.2, contrast=0.2),
+        A.Normalize(mean=(0.485, 0.456, 0.406), std=(0.229, 0.224, 0.225)),
+        ToTensorV2(),
+    ], bbox_params=A.BboxParams(format="coco", label_fields=["labels"]))
+    dm = InstanceSegmentationDataModule(shapes_root, image_size=64, batch_size=4, num_workers=0,
+                                        custom_train_transforms=transforms)
+    dm.setup("fit")
+    ds = dm.train_dataset
+    for i in range(8):
+        t = ds[i]["target"]
+        src = [a for a in ds.coco.imgToAnns[ds.ids[i]] if not a["iscrowd"]]
+        assert len(t["labels"]) == len(src)  # nothing dropped by a mild rescale
+        assert sorted(t["labels"].tolist()) == sorted(ds.cat_to_label[a["category_id"]] for a in src)
+        assert torch.equal(t["boxes"], torch.from_numpy(masks_to_boxes(t["masks"].numpy().astype(bool))))
+    batch = next(iter(dm.train_dataloader()))
+    assert batch["image"].shape[0] == 4
+    assert all(tg["masks"].shape[-2:] == batch["image"].shape[-2:] for tg in batch["targets"])
+
+
+def test_custom_transform_without_label_fields(shapes_root):
+    crop = A.Compose([A.Crop(0, 0, 32, 32), A.Normalize(), ToTensorV2()],
+                     bbox_params=A.BboxParams(format="pascal_voc", min_visibility=0.3))
+    dm = InstanceSegmentationDataModule(shapes_root, image_size=64, num_workers=0, custom_train_transforms=crop)
+    dm.setup("fit")
+    for i in range(len(dm.train_dataset)):
+        t = dm.train_dataset[i]["target"]
+        assert len(t["boxes"]) == len(t["labels"]) == len(t["masks"])
+        assert torch.equal(t["boxes"], torch.from_numpy(masks_to_boxes(t["masks"].numpy().astype(bool))))
+
+
+def test_custom_transform_without_bbox_params_is_a_clear_error(shapes_root):
+    dm = InstanceSegmentationDataModule(shapes_root, image_size=64, num_workers=0,
+                                        custom_train_transforms=A.Compose([A.Normalize(), ToTensorV2()]))
+    dm.setup("fit")
+    with pytest.raises(ValueError, match="bbox_params is needed"):
+        dm.train_dataset[0]

@@ -40,6 +40,29 @@ def masks_to_boxes(masks: np.ndarray) -> np.ndarray:
     return np.stack([x1, y1, x2, y2], 1).astype(np.float32)
 
 
+def bbox_spec(transform) -> tuple[str, list[str]]:
+    """(box format, label fields) of an albumentations ``Compose`` built with ``bbox_params``."""
+    proc = getattr(transform, "processors", {}).get("bboxes")
+    if proc is None:
+        raise ValueError("custom_train_transforms: an albumentations Compose with bbox_params is needed (for example "
+                         "A.BboxParams(format='coco', label_fields=['labels'])), so boxes and masks move together")
+    return proc.params.format, list(proc.params.label_fields or [])
+
+
+def to_format(boxes_xyxy: np.ndarray, fmt: str, h: int, w: int) -> np.ndarray:
+    b = boxes_xyxy.astype(np.float32)
+    if fmt == "pascal_voc":
+        return b
+    if fmt == "coco":
+        return np.concatenate([b[:, :2], b[:, 2:] - b[:, :2]], 1)
+    scale = np.array([w, h, w, h], np.float32)
+    if fmt == "albumentations":
+        return b / scale
+    if fmt == "yolo":
+        return np.concatenate([(b[:, :2] + b[:, 2:]) / 2, b[:, 2:] - b[:, :2]], 1) / scale
+    raise ValueError(f"custom_train_transforms: unsupported bbox format {fmt!r}")
+
+
 class CocoInstanceDataset(Dataset):
     def __init__(self, img_dir: Path, ann_file: Path, transform=None, train: bool = True, image_size: int = 640,
                  min_area: float = 0.0, min_keypoints: int = 0):
@@ -92,10 +115,17 @@ class CocoInstanceDataset(Dataset):
         if self.train:
             keep = ~crowd
             masks, labels = masks[keep], labels[keep]
-            boxes = masks_to_boxes(masks.astype(bool))
+            fmt, fields = bbox_spec(self.transform)
+            boxes = to_format(masks_to_boxes(masks.astype(bool)), fmt, h, w)
+            # every label field (or, without one, an extra box column) carries the instance index, so the boxes
+            # that survive the transform name the masks and labels to keep
+            index = np.arange(len(labels))
+            if not fields:
+                boxes = np.concatenate([boxes, index[:, None].astype(np.float32)], 1)
             out = self.transform(image=image, masks=list(masks) if len(masks) else [], bboxes=boxes,
-                                 labels=labels, instance_idx=np.arange(len(labels)))
-            idx_kept = np.asarray(out["instance_idx"], dtype=np.int64)
+                                 **{f: index for f in fields})
+            kept = out[fields[0]] if fields else np.asarray(out["bboxes"]).reshape(-1, 5)[:, 4]
+            idx_kept = np.asarray(kept, dtype=np.int64)
             # a box the transform dropped takes its mask and label with it
             tmasks = np.stack([np.asarray(out["masks"][i]) for i in idx_kept]).astype(np.uint8) if len(idx_kept) \
                 else np.zeros((0, *out["image"].shape[-2:]), np.uint8)
@@ -133,7 +163,19 @@ class CocoInstanceDataset(Dataset):
         return item
 
 
+def _pad_to(x: torch.Tensor, h: int, w: int) -> torch.Tensor:
+    return torch.nn.functional.pad(x, (0, w - x.shape[-1], 0, h - x.shape[-2]))
+
+
 def collate_instance(items: list[dict[str, Any]]) -> dict[str, Any]:
+    """Stacks images, padding bottom/right to the largest in the batch when sizes differ (custom transforms that
+    rescale); target masks are padded alike, boxes stay valid."""
+    h = max(it["image"].shape[-2] for it in items)
+    w = max(it["image"].shape[-1] for it in items)
+    for it in items:
+        if tuple(it["image"].shape[-2:]) != (h, w):
+            it["image"] = _pad_to(it["image"], h, w)
+            it["target"]["masks"] = _pad_to(it["target"]["masks"], h, w)
     batch = {"image": torch.stack([it["image"] for it in items]), "targets": [it["target"] for it in items],
              "image_id": [it["image_id"] for it in items],
              "orig_size": torch.stack([it["orig_size"] for it in items]),
@@ -144,15 +186,16 @@ def collate_instance(items: list[dict[str, Any]]) -> dict[str, Any]:
 
 
 def instance_train_transforms(preset: str, image_size: int) -> A.Compose:
-    bbox = A.BboxParams(format="pascal_voc", label_fields=["labels", "instance_idx"], min_area=1.0,
-                        min_visibility=0.0, clip=True)
+    bbox = A.BboxParams(format="pascal_voc", label_fields=["instance_idx"], min_area=1.0, min_visibility=0.0,
+                        clip=True)
     return train_transforms(preset, image_size, ignore_index=0, bbox_params=bbox)
 
 
 class InstanceSegmentationDataModule(pl.LightningDataModule):
     """COCO instance segmentation. Args (see the API reference): data_dir, image_size, batch_size, num_workers,
-    augmentation_preset, custom_train_transforms (albumentations with ``bbox_params``; label fields ``labels`` and
-    ``instance_idx``), custom_val_transforms, min_keypoints, min_area; plus split names.
+    augmentation_preset, custom_train_transforms (an albumentations ``Compose`` with ``bbox_params`` in any box
+    format; boxes, masks and labels stay in step whatever its label fields), custom_val_transforms (image only),
+    min_keypoints, min_area; plus split names.
     ``category_ids[label]`` maps contiguous labels back to the dataset's category ids."""
 
     def __init__(self, data_dir: str | Path, image_size: int = 640, batch_size: int = 4, num_workers: int = 4,

@@ -27,7 +27,8 @@ class InstanceSegmentor(BaseTask):
     head_num_convs, mask_size, roi_pool_size, mask_loss_weight, focal_alpha, focal_gamma, cls_loss_weight,
     reg_loss_weight, centerness_loss_weight, score_thresh, nms_thresh, max_detections_per_image, mask_threshold,
     metrics, logging_config, lr, weight_decay, optimizer, scheduler, freeze_backbone, compile_model, compile_kwargs;
-    plus ``center_radius`` (FCOS centre sampling), ``mask_num_convs``, ``category_ids`` (label -> dataset category
+    plus ``center_radius`` (FCOS centre sampling), ``mask_num_convs`` and ``mask_channels`` (see ``MaskHead``),
+    ``category_ids`` (label -> dataset category
     id, filled from the datamodule at fit time) and ``channels_last``.
 
     Metrics: a ``MeanAveragePrecision`` config named ``mask_map`` logs ``<stage>/mask_map``, ``<stage>/mask_map_50``,
@@ -64,6 +65,7 @@ class InstanceSegmentor(BaseTask):
         compile_kwargs: dict | None = None,
         center_radius: float = 1.5,
         mask_num_convs: int = 4,
+        mask_channels: int = 32,
         category_ids: list[int] | None = None,
         channels_last: bool = False,
     ):
@@ -90,6 +92,7 @@ class InstanceSegmentor(BaseTask):
         self.fpn = FPN(self.backbone.channels, self.backbone.reductions, fpn_channels)
         self.head = FCOSHead(fpn_channels, num_classes, head_num_convs, num_levels=len(self.fpn.strides))
         self.mask_head = MaskHead(fpn_channels, num_classes, mask_size, roi_pool_size, mask_num_convs,
+                                  conv_channels=fpn_channels, mask_channels=mask_channels,
                                   featmap_names=self.fpn.names[:3])
         self.det_loss = FCOSLoss(focal_alpha, focal_gamma, cls_loss_weight, reg_loss_weight, centerness_loss_weight)
         self.mask_loss = MaskLoss()
@@ -107,7 +110,7 @@ class InstanceSegmentor(BaseTask):
             self.to(memory_format=torch.channels_last)
 
     def compiled_modules(self):
-        return [self.backbone, self.fpn, self.head]
+        return [self.backbone, self.fpn, self.head, self.mask_head.convs]
 
     # core --------------------------------------------------------------------------------------------------------
     def forward(self, images: torch.Tensor) -> dict[str, Any]:
@@ -124,8 +127,8 @@ class InstanceSegmentor(BaseTask):
             points, strides, lvl = make_points(list(sizes), self.fpn.strides, images.device)
             self._points_cache = {key: (points, strides, level_ranges(len(sizes), lvl))}
         points, strides, ranges = self._points_cache[key]
-        return {"features": pyramid, "cls": cls, "reg": reg, "ctr": ctr, "points": points, "strides": strides,
-                "ranges": ranges}
+        return {"features": pyramid, "mask_features": self.mask_head.features(pyramid), "cls": cls, "reg": reg,
+                "ctr": ctr, "points": points, "strides": strides, "ranges": ranges}
 
     def compute_losses(self, out: dict[str, Any], targets: list[dict], image_size) -> dict[str, torch.Tensor]:
         gt_boxes, gt_labels, gt_valid = pad_targets(targets, out["cls"].device)
@@ -136,7 +139,7 @@ class InstanceSegmentor(BaseTask):
         pred_boxes = decode_boxes(out["points"], out["strides"], out["reg"].float())
         losses = self.det_loss(out["cls"].reshape(-1, C), pred_boxes.reshape(-1, 4), out["ctr"].reshape(-1),
                                cls_t.reshape(-1, C), boxes_t.reshape(-1, 4), ctr_t.reshape(-1), pos.reshape(-1))
-        losses["loss_mask"] = self.mask_loss_weight * self._mask_loss(out["features"], targets, image_size)
+        losses["loss_mask"] = self.mask_loss_weight * self._mask_loss(out["mask_features"], targets, image_size)
         losses["loss"] = sum(losses.values())
         return losses
 
@@ -166,7 +169,7 @@ class InstanceSegmentor(BaseTask):
         counts = torch.bincount(img, minlength=B).tolist()
         per_img = list(torch.split(boxes, counts))
         if len(boxes):
-            logits = self.mask_head(self.mask_head.pool(out["features"], per_img, image_size))
+            logits = self.mask_head(self.mask_head.pool(out["mask_features"], per_img, image_size))
             probs = torch.sigmoid(logits[torch.arange(len(labels), device=labels.device), labels].float())
         else:
             probs = boxes.new_zeros((0, self.mask_head.mask_size, self.mask_head.mask_size))
