@@ -1,13 +1,13 @@
-"""Mask head: convs -> 2x deconv -> 1x1 to per-class mask logits at ``mask_size`` (Mask R-CNN's stack), with the
-convs shared over the image.
+"""Mask head: convs -> 2x deconv -> per-class mask logits at ``mask_size``, with the heavy convs shared over the image.
 
-Mask R-CNN runs its 4 convs on every ROI, so inference cost grows with the number of detections (about 0.5 GMAC per
-ROI at 256 channels and 14x14: 100 detections cost many times the backbone on a small image). Here the conv tower
-runs once per image on the FPN levels ROIs are pooled from, ends in a narrow ``mask_channels`` map and is upsampled
-2x (a shared deconv: P3 becomes stride 4); each ROI is pooled from the level that fits its size
-(``MultiScaleRoIAlign``) at ``roi_pool_size``; per ROI run only ``roi_convs`` narrow 3x3 convs, the deconv and the
-1x1 predictor. Same receptive field for the convs (plus image context), a per-detection cost about 100x
-lower.
+Mask R-CNN runs 4 convs of 256 channels on every ROI, so inference cost grows with the number of detections (about
+0.5 GMAC per ROI at 14x14: 100 detections cost many times the backbone on a small image). Here the conv tower runs
+once per image on the FPN levels ROIs are pooled from, ends in a narrow ``mask_channels`` map and is upsampled 2x (a
+shared deconv: P3 becomes stride 4). Each ROI is pooled from the level that fits its size (``MultiScaleRoIAlign``) at
+``roi_pool_size``; per ROI run only ``roi_convs`` narrow 3x3 convs (which see the instance centred in its ROI, what
+tells it from its neighbours) and a 2x deconv that emits the per-class logits (Mask R-CNN's deconv and 1x1 predictor
+folded into one linear map). Per-detection cost is about 100x lower: 100 detections predict in about 1.1x the time
+of one (benchmarks/bench_instance.py).
 """
 
 from __future__ import annotations
@@ -20,6 +20,19 @@ from torch import nn
 from torchvision.ops import MultiScaleRoIAlign
 
 
+class Upsample2x(nn.Module):
+    """A 2x2, stride-2 transposed convolution written as a 1x1 conv to 4x the channels + ``pixel_shuffle(2)``: the
+    same function (the kernel taps do not overlap), but it runs as one matmul instead of torch's slow CPU
+    ``conv_transpose2d`` path."""
+
+    def __init__(self, in_channels: int, out_channels: int):
+        super().__init__()
+        self.proj = nn.Conv2d(in_channels, out_channels * 4, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.pixel_shuffle(self.proj(x), 2)
+
+
 class MaskHead(nn.Module):
     """Args:
         in_channels: FPN width.
@@ -28,8 +41,8 @@ class MaskHead(nn.Module):
             they differ).
         roi_pool_size: ROIAlign output size (>= 1).
         num_convs / conv_channels: the shared 3x3 conv stack; its last conv outputs ``mask_channels``.
-        mask_channels: width of the pooled ROI features, the per-ROI convs, the deconv and the predictor input.
-        roi_convs: 3x3 convs run per ROI (at ``mask_channels``) before the deconv.
+        mask_channels: width of the pooled ROI features and the per-ROI convs.
+        roi_convs: 3x3 convs run per ROI (at ``mask_channels``) before the deconv to per-class logits.
         featmap_names: FPN levels ROIs are pooled from; each box goes to the level that fits its size.
     ``features(pyramid)`` -> conv'd levels (once per image); ``pool(mask_features, boxes, image_size)`` -> ROI
     features [N, mask_channels, roi, roi]; ``forward(roi_features)`` -> logits [N, C, mask_size, mask_size].
@@ -37,7 +50,7 @@ class MaskHead(nn.Module):
 
     def __init__(self, in_channels: int, num_classes: int, mask_size: int = 28, roi_pool_size: int = 14,
                  num_convs: int = 4, conv_channels: int = 256, mask_channels: int = 32, roi_convs: int = 1,
-                 featmap_names: list[str] | None = None, sampling_ratio: int = 2):
+                 featmap_names: list[str] | None = None, sampling_ratio: int = 1):
         super().__init__()
         if int(mask_size) < 1 or int(roi_pool_size) < 1:
             raise ValueError(f"mask_size and roi_pool_size must be >= 1, got {mask_size}, {roi_pool_size}")
@@ -53,16 +66,16 @@ class MaskHead(nn.Module):
             ch = out
         self.convs = nn.Sequential(*layers)
         # shared 2x upsampling of the mask features, so ROIs are pooled from a finer map (stride 4 from P3)
-        self.upsample = nn.Sequential(nn.ConvTranspose2d(mask_channels, mask_channels, 2, stride=2),
-                                      nn.ReLU(inplace=True))
+        self.upsample = nn.Sequential(Upsample2x(mask_channels, mask_channels), nn.ReLU(inplace=True))
         # per-ROI 3x3 convs at the narrow width: they see the instance centred in its ROI (what tells it from its
         # neighbours), as Mask R-CNN's per-ROI stack does, at a fraction of its cost
         self.roi_convs = nn.Sequential(*[m for _ in range(roi_convs) for m in (
             nn.Conv2d(mask_channels, mask_channels, 3, padding=1), nn.ReLU(inplace=True))])
-        self.deconv = nn.ConvTranspose2d(mask_channels, mask_channels, 2, stride=2)
-        self.predictor = nn.Conv2d(mask_channels, num_classes, 1)
+        # Mask R-CNN's deconv and 1x1 predictor, folded into one linear map: a 2x2 stride-2 transposed conv straight
+        # to per-class logits (no ReLU between them), so the per-ROI upsampling moves 4*C channels, not 4*mask_channels
+        self.predictor = Upsample2x(mask_channels, num_classes)
         for m in self.modules():
-            if isinstance(m, (nn.Conv2d, nn.ConvTranspose2d)):
+            if isinstance(m, nn.Conv2d):
                 nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
                 nn.init.zeros_(m.bias)
 
@@ -74,7 +87,7 @@ class MaskHead(nn.Module):
         return self.roi_align(mask_features, boxes, [tuple(image_size)] * len(boxes))
 
     def forward(self, roi_features: torch.Tensor) -> torch.Tensor:
-        logits = self.predictor(F.relu(self.deconv(self.roi_convs(roi_features))))
+        logits = self.predictor(self.roi_convs(roi_features))
         if logits.shape[-1] != self.mask_size:
             logits = F.interpolate(logits, size=(self.mask_size, self.mask_size), mode="bilinear",
                                    align_corners=False)
