@@ -37,8 +37,8 @@ def compose_cfg(tmp_path, overrides, config_name="train"):
 
 CASES = [(g, o) for g in GROUPS for o in options(g) if g not in ("paths", "hydra")]
 # options that belong to the instance model are composed with model=instance
-INSTANCE_OPTIONS = {("head", "mask"), ("loss", "instance"), ("dataset", "shapes_instance"),
-                    ("dataset", "coco_instance"), ("model", "instance"), ("experiment", "instance_shapes")}
+INSTANCE_OPTIONS = {("head", "mask"), ("loss", "instance"), ("dataset", "shapes_instance"), ("model", "instance"),
+                    ("experiment", "instance_shapes")}
 
 
 def test_every_group_has_options():
@@ -116,6 +116,18 @@ def test_command_line_style_overrides(tmp_path):
     assert cfg.backbone.pretrained is False  # shapes dataset trains from scratch
     cfg = compose_cfg(tmp_path, ["backbone=convnext_tiny", "dataset=cityscapes"])
     assert cfg.backbone.pretrained is True and cfg.model.num_classes == 19
+
+
+def test_dataset_coco_follows_the_model(tmp_path):
+    cfg = compose_cfg(tmp_path, ["dataset=coco", "backbone=test_resnet"])
+    dm = instantiate(cfg.dataset)
+    assert type(dm) is autotimm.SegmentationDataModule and dm.format == "coco" and cfg.model.num_classes == 81
+    cfg = compose_cfg(tmp_path, ["model=instance", "dataset=coco", "backbone=test_resnet", "dataset.batch_size=2"])
+    dm = instantiate(cfg.dataset)
+    assert type(dm) is autotimm.InstanceSegmentationDataModule and dm.batch_size == 2
+    assert cfg.model.num_classes == 80
+    assert isinstance(instantiate(cfg.model), autotimm.InstanceSegmentor)
+    assert compose_cfg(tmp_path, ["model=instance", "dataset=coco"]).backbone.pretrained is True  # real data
 
 
 def test_instance_overrides(tmp_path):
