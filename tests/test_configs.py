@@ -130,6 +130,14 @@ def test_dataset_coco_follows_the_model(tmp_path):
     assert compose_cfg(tmp_path, ["model=instance", "dataset=coco"]).backbone.pretrained is True  # real data
 
 
+def test_model_and_dataset_kinds_must_match(tmp_path):
+    from autotimm.cli.common import check_pairing
+
+    cfg = compose_cfg(tmp_path, ["model=instance", "dataset=shapes", "backbone=test_resnet"])
+    with pytest.raises(ValueError, match="InstanceSegmentor cannot train on ShapesDataModule: it needs an instance"):
+        check_pairing(instantiate(cfg.model), instantiate(cfg.dataset))
+
+
 def test_instance_overrides(tmp_path):
     cfg = compose_cfg(tmp_path, ["model=instance", "head.mask_size=14", "head.roi_pool_size=7",
                                  "loss.mask_loss_weight=2.0", "backbone=test_resnet"])

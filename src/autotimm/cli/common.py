@@ -33,6 +33,19 @@ def build_trainer(cfg: DictConfig, callbacks: bool = True) -> pl.Trainer:
     return trainer
 
 
+def check_pairing(model: Any, datamodule: Any) -> None:
+    """A semantic model needs a semantic datamodule and an instance model an instance one; say so up front."""
+    from ..data import InstanceSegmentationDataModule
+    from ..tasks import InstanceSegmentor
+
+    wants_instance = isinstance(model, InstanceSegmentor)
+    has_instance = isinstance(datamodule, InstanceSegmentationDataModule)
+    if wants_instance != has_instance:
+        need = "an instance dataset (dataset=shapes_instance or dataset=coco with model=instance)" if wants_instance \
+            else "a semantic dataset (dataset=shapes, png, coco, cityscapes or voc)"
+        raise ValueError(f"model {type(model).__name__} cannot train on {type(datamodule).__name__}: it needs {need}")
+
+
 def scalar_metrics(metrics: dict[str, Any]) -> dict[str, float]:
     out = {}
     for k, v in metrics.items():

@@ -9,7 +9,7 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.utils import instantiate
 from omegaconf import DictConfig
 
-from .common import build_trainer, log, print_summary, scalar_metrics, write_metrics
+from .common import build_trainer, check_pairing, log, print_summary, scalar_metrics, write_metrics
 
 
 def output_dir(cfg: DictConfig) -> str:
@@ -25,6 +25,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         pl.seed_everything(cfg.seed, workers=True)
     datamodule = instantiate(cfg.dataset)
     model = instantiate(cfg.model)
+    check_pairing(model, datamodule)
     trainer = build_trainer(cfg)
     out = output_dir(cfg)
     if cfg.get("train", True):
