@@ -43,6 +43,17 @@ def synthetic_batch(batch: int, size: int, per_image: int = 3, num_classes: int 
     return images, boxes, labels, masks
 
 
+def make_step(forward_loss, opt, ctx=contextlib.nullcontext):
+    def step():
+        with ctx():
+            loss = forward_loss()
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+
+    return step
+
+
 def time_steps(step, steps: int, warmup: int = 3, trials: int = 3) -> float:
     """Seconds per call: the best of ``trials`` timings of ``steps`` calls (robust to noise on a shared machine)."""
     for _ in range(warmup):
@@ -67,14 +78,7 @@ def bench_public(args):
     batch = {"image": images, "boxes": boxes, "labels": labels, "masks": masks}
     opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
     model.train()
-
-    def step():
-        loss = model.training_step(batch, 0)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-
-    sec = time_steps(step, args.steps)
+    sec = time_steps(make_step(lambda: model.training_step(batch, 0), opt), args.steps)
     print(f"| public autotimm {autotimm.__version__} (fpn 256, 4 convs, compile off) | fp32 | "
           f"{args.batch / sec:.1f} |")
 
@@ -99,14 +103,7 @@ def bench_ours(args):
             model.log = lambda *a, **k: None
             opt = model.configure_optimizers()["optimizer"]
             ctx = (lambda: torch.autocast("cpu", dtype=torch.bfloat16)) if bf16 else contextlib.nullcontext
-
-            def step(model=model, opt=opt, ctx=ctx):
-                with ctx():
-                    loss = model.training_step(batch, 0)
-                opt.zero_grad(set_to_none=True)
-                loss.backward()
-                opt.step()
-
+            step = make_step(lambda model=model: model.training_step(batch, 0), opt, ctx)
             sec = time_steps(step, args.steps)
             print(f"| autotimm (this repo), {name} | {precision} | {args.batch / sec:.1f} |")
 

@@ -12,7 +12,7 @@ from torch.utils.data import Dataset
 
 from .formats.base import Sample, SplitData
 from .labels import LabelMapper, check_labels
-from .transforms import eval_finish, eval_resize
+from .transforms import apply_eval, eval_finish, eval_resize
 
 log = logging.getLogger(__name__)
 
@@ -75,13 +75,11 @@ class SegmentationDataset(Dataset):
         h, w = mask.shape
         fits_u8 = mask.max(initial=0) <= 255 and mask.min(initial=0) >= 0
         small = mask.astype(np.uint8 if fits_u8 else np.int32)  # cv2 transforms need u8/int32 masks
-        if self._resize is not None:
-            r = self._resize(image=image, mask=small)
-            valid = r["image"].shape[:2]
-            out = self._finish(image=r["image"], mask=r["mask"])
-        else:
+        if self.train:
             out = self.transform(image=image, mask=small)
             valid = tuple(out["image"].shape[-2:])
+        else:
+            out, valid = apply_eval(self._resize, self._finish, self.transform, image, mask=small)
         item = {"image": out["image"], "mask": torch.as_tensor(out["mask"]).long(), "image_id": s.image_id,
                 "orig_size": torch.tensor([h, w]), "valid_size": torch.tensor([int(valid[0]), int(valid[1])])}
         if not self.train:

@@ -22,7 +22,7 @@ from torch.utils.data import DataLoader, Dataset
 from .dataset import read_image
 from .formats.base import DatasetLayoutError
 from .formats.coco import ann_to_mask, find_coco_split, resolve_inside
-from .transforms import PRESETS, eval_finish, eval_resize, train_transforms
+from .transforms import PRESETS, apply_eval, eval_finish, eval_resize, train_transforms
 
 log = logging.getLogger(__name__)
 
@@ -139,13 +139,7 @@ class CocoInstanceDataset(Dataset):
         else:
             keep = ~crowd
             net_masks = list(masks[keep])
-            if self._resize is not None:
-                r = self._resize(image=image, masks=net_masks)
-                valid = r["image"].shape[:2]
-                out = self._finish(image=r["image"], masks=r["masks"])
-            else:
-                out = self.transform(image=image, masks=net_masks)
-                valid = out["image"].shape[-2:]
+            out, valid = apply_eval(self._resize, self._finish, self.transform, image, masks=net_masks)
             img = out["image"]
             item["image"] = img
             item["valid_size"] = torch.tensor([int(valid[0]), int(valid[1])])

@@ -53,3 +53,15 @@ def eval_resize(image_size: int) -> A.Compose:
 
 def eval_finish(image_size: int, ignore_index: int = 255) -> A.Compose:
     return A.Compose([_pad(int(image_size), ignore_index, position="top_left")] + _normalize())
+
+
+def apply_eval(resize, finish, transform, image, **targets) -> tuple[dict, tuple[int, int]]:
+    """Evaluation transform -> (output, un-padded size after resizing). The built-in pipeline resizes (``resize``),
+    notes the size, then pads and normalises (``finish``); a custom ``transform`` runs alone and its whole output
+    size counts as valid."""
+    if transform is not None:
+        out = transform(image=image, **targets)
+        return out, tuple(int(v) for v in out["image"].shape[-2:])
+    r = resize(image=image, **targets)
+    valid = tuple(int(v) for v in r["image"].shape[:2])
+    return finish(**r), valid
