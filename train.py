@@ -11,9 +11,9 @@ os.environ.setdefault("AUTOTIMM_ROOT", str(Path(__file__).resolve().parent))
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="train")
 def main(cfg: DictConfig) -> float | None:
-    from autotimm.cli.train import optimized_value, train
+    from autotimm.cli.train import run
 
-    return optimized_value(cfg, train(cfg))  # returned for sweepers (Optuna)
+    return run(cfg)  # the optimized metric, for sweepers (Optuna); a failed multirun job is recorded, not fatal
 
 
 if __name__ == "__main__":

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import traceback
 from typing import Any
 
 import pytorch_lightning as pl
 from hydra.core.hydra_config import HydraConfig
+from hydra.types import RunMode
 from hydra.utils import instantiate
 from omegaconf import DictConfig
 
@@ -48,3 +50,25 @@ def train(cfg: DictConfig) -> dict[str, Any]:
 def optimized_value(cfg: DictConfig, metrics: dict[str, Any]) -> float | None:
     name = cfg.get("optimized_metric")
     return metrics.get(name) if name else None
+
+
+def in_multirun() -> bool:
+    try:
+        return HydraConfig.get().mode == RunMode.MULTIRUN
+    except ValueError:
+        return False
+
+
+def run(cfg: DictConfig) -> float | None:
+    """The entry point's job: train, return the optimized metric. A job that raises writes ``metrics.json`` with
+    ``status: failed`` and the error; in a multirun the sweep goes on to the next job, in a single run it re-raises."""
+    try:
+        return optimized_value(cfg, train(cfg))
+    except Exception as e:  # noqa: BLE001 - recorded, then re-raised or reported as a failed sweep job
+        out = output_dir(cfg)
+        write_metrics(out, {}, status="failed", error=f"{type(e).__name__}: {e}",
+                      traceback=traceback.format_exc(), monitor=cfg.get("optimized_metric"))
+        log.error("job failed: %s: %s (recorded in %s/metrics.json)", type(e).__name__, e, out)
+        if in_multirun():
+            return None
+        raise

@@ -88,9 +88,17 @@ def named_choice(value: str, options, field: str) -> str:
 
 # --------------------------------------------------------------------------------------------- base task
 class BaseTask(pl.LightningModule):
-    """Optimizers, schedulers, metrics, extra logging and compile shared by the segmentation tasks."""
+    """Optimizers, schedulers, metrics, extra logging and compile shared by the segmentation tasks.
+
+    A non-finite training loss never reaches the weights: the step is skipped (no backward, no optimizer step) with
+    a warning, counted in ``train/nonfinite_steps``, and ``max_nonfinite_steps`` of them in a row stop the run with
+    a clear error.
+    """
 
     backbone: nn.Module
+    max_nonfinite_steps: int = 10
+    _nonfinite_total: int = 0
+    _nonfinite_streak: int = 0
 
     def _setup_common(self, *, lr: float, weight_decay: float, optimizer: str | dict, scheduler: str | dict | None,
                       metrics: list[MetricConfig | dict] | None, metric_defaults: dict[str, Any],
@@ -113,6 +121,23 @@ class BaseTask(pl.LightningModule):
         self.compile_model = compile_model
         self.compile_kwargs = dict(compile_kwargs or {})
         self._compiled = False
+
+    def finite_or_skip(self, loss: torch.Tensor) -> torch.Tensor | None:
+        """``loss`` if finite; otherwise ``None`` (Lightning then skips backward and the optimizer step)."""
+        if bool(torch.isfinite(loss).all()):
+            self._nonfinite_streak = 0
+            return loss
+        self._nonfinite_total += 1
+        self._nonfinite_streak += 1
+        step = self.trainer.global_step if self._trainer is not None else -1
+        warnings.warn(f"non-finite training loss ({float(loss.detach().float().reshape(-1)[0])}) at step {step}: "
+                      f"step skipped, weights unchanged ({self._nonfinite_total} skipped so far)", stacklevel=2)
+        self.log("train/nonfinite_steps", float(self._nonfinite_total), on_step=True, on_epoch=False)
+        if self._nonfinite_streak >= self.max_nonfinite_steps:
+            raise RuntimeError(f"{self._nonfinite_streak} consecutive non-finite training losses (last at step "
+                               f"{step}): stopping. Lower the learning rate, enable gradient clipping "
+                               f"(trainer.gradient_clip_val) or check the data for bad labels or images.")
+        return None
 
     # hparams as data ---------------------------------------------------------------------------------------
     @staticmethod

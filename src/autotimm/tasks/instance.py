@@ -205,6 +205,8 @@ class InstanceSegmentor(BaseTask):
         images = batch["image"]
         out = self(images)
         losses = self.compute_losses(out, batch["targets"], tuple(images.shape[-2:]))
+        if self.finite_or_skip(losses["loss"]) is None:
+            return None  # skipped: nothing logged, weights unchanged
         bs = images.shape[0]
         self.log("train/loss", losses["loss"], on_step=True, on_epoch=True, prog_bar=True, batch_size=bs)
         for k in ("loss_cls", "loss_reg", "loss_ctr", "loss_mask"):

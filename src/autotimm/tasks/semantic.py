@@ -145,6 +145,8 @@ class SemanticSegmentor(BaseTask):
         images, masks = batch["image"], batch["mask"]
         logits = self(images)
         loss = self.criterion(logits, masks)
+        if self.finite_or_skip(loss) is None:
+            return None  # skipped: nothing logged, weights unchanged
         self.log("train/loss", loss, on_step=True, on_epoch=True, prog_bar=True, batch_size=images.shape[0])
         if any(True for _ in self.metric_manager.for_stage("train")):
             preds = logits.detach().argmax(1)

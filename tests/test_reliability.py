@@ -1,0 +1,76 @@
+"""Reliability: non-finite losses, failing sweep jobs, bad COCO annotations, corrupt images."""
+
+import json
+
+import pytest
+import pytorch_lightning as pl
+import torch
+from torch.utils.data import DataLoader
+
+from autotimm import FeatureBackboneConfig, SemanticSegmentor
+
+TINY = FeatureBackboneConfig("test_resnet", pretrained=False)
+
+
+class NaNOnSteps(torch.nn.Module):
+    """A loss that is NaN on the given calls and a plain CE otherwise."""
+
+    def __init__(self, nan_calls):
+        super().__init__()
+        self.nan_calls, self.calls = set(nan_calls), 0
+
+    def forward(self, logits, target):
+        self.calls += 1
+        loss = torch.nn.functional.cross_entropy(logits, target)
+        return loss * float("nan") if self.calls in self.nan_calls else loss
+
+
+def loader(n=8):
+    data = [{"image": torch.randn(3, 64, 64), "mask": torch.randint(0, 2, (64, 64))} for _ in range(n)]
+    return DataLoader(data, batch_size=2, collate_fn=lambda b: {"image": torch.stack([x["image"] for x in b]),
+                                                               "mask": torch.stack([x["mask"] for x in b])})
+
+
+def fit(model, steps):
+    trainer = pl.Trainer(max_steps=steps, logger=False, enable_checkpointing=False, enable_progress_bar=False,
+                         enable_model_summary=False, num_sanity_val_steps=0, limit_val_batches=0)
+    trainer.fit(model, loader())
+    return trainer
+
+
+def test_nonfinite_loss_skips_the_step_and_keeps_weights_finite():
+    model = SemanticSegmentor(TINY, num_classes=2, scheduler=None)
+    model.criterion = NaNOnSteps({1})
+    before = [p.detach().clone() for p in model.parameters()]
+    with pytest.warns(UserWarning, match=r"non-finite training loss \(nan\) at step 0: step skipped"):
+        fit(model, 1)
+    assert model._nonfinite_total == 1
+    assert all(torch.equal(a, b) for a, b in zip(before, model.parameters()))  # the NaN never reached the weights
+    model.criterion = NaNOnSteps({2})
+    with pytest.warns(UserWarning, match="step skipped"):
+        fit(model, 3)
+    assert all(torch.isfinite(p).all() for p in model.parameters())
+    assert not all(torch.equal(a, b) for a, b in zip(before, model.parameters()))  # finite steps did train
+
+
+def test_nonfinite_losses_in_a_row_stop_the_run():
+    model = SemanticSegmentor(TINY, num_classes=2, scheduler=None)
+    model.max_nonfinite_steps = 3
+    model.criterion = NaNOnSteps(range(1, 100))
+    with pytest.raises(RuntimeError, match="3 consecutive non-finite training losses"), pytest.warns(UserWarning):
+        fit(model, 10)
+
+
+@pytest.mark.slow
+def test_failing_multirun_job_is_recorded_and_the_others_finish(tmp_path, shapes_root):
+    from test_cli import run
+
+    run("train.py", "-m", f"paths.log_dir={tmp_path}/outputs", f"dataset.data_dir={shapes_root}",
+        "dataset.num_train=24", "dataset.num_val=8", "dataset.source_size=64", "dataset.seed=3",
+        "dataset.image_size=64", "dataset.batch_size=8", "dataset.num_workers=0", "backbone=test_resnet",
+        "trainer.max_epochs=1", "task_name=sweep", "loss.ce_weight=0", "loss.dice_weight=0,1.0")
+    sweep = next((tmp_path / "outputs" / "sweep" / "multiruns").iterdir())
+    failed = json.loads((sweep / "0" / "metrics.json").read_text())
+    done = json.loads((sweep / "1" / "metrics.json").read_text())
+    assert failed["status"] == "failed" and "ce_weight and dice_weight are both 0" in failed["error"]
+    assert done["status"] == "completed" and 0.0 <= done["val/miou"] <= 1.0
