@@ -74,3 +74,76 @@ def test_failing_multirun_job_is_recorded_and_the_others_finish(tmp_path, shapes
     done = json.loads((sweep / "1" / "metrics.json").read_text())
     assert failed["status"] == "failed" and "ce_weight and dice_weight are both 0" in failed["error"]
     assert done["status"] == "completed" and 0.0 <= done["val/miou"] <= 1.0
+
+
+# ------------------------------------------------------------------------------------------------ bad COCO files
+def valid_coco(root):
+    from test_instance import write_coco
+
+    write_coco(root, "val")
+    path = root / "annotations" / "instances_val2017.json"
+    return path, json.loads(path.read_text())
+
+
+def mutate_dup_image(d):
+    d["images"].append(dict(d["images"][0]))
+
+
+def mutate_missing_image(d):
+    d["annotations"][0]["image_id"] = 999
+
+
+def mutate_unknown_category(d):
+    d["annotations"][0]["category_id"] = 5
+
+
+def mutate_short_polygon(d):
+    d["annotations"][0]["segmentation"] = [[0, 0, 10, 0]]
+
+
+def mutate_zero_box(d):
+    d["annotations"][0]["bbox"] = [3, 3, 0, 4]
+
+
+def mutate_outside_box(d):
+    d["annotations"][0]["bbox"] = [50, 30, 40, 40]
+
+
+def mutate_escape(d):
+    d["images"][0]["file_name"] = "../../etc/passwd"
+
+
+def mutate_missing_file(d):
+    d["images"][0]["file_name"] = "nope.png"
+
+
+BAD_COCO = [
+    (mutate_dup_image, ValueError, r"instances_val2017\.json: duplicate image ids \[10\]"),
+    (mutate_missing_image, ValueError, r"annotation id 1 refers to image id 999, which is not in 'images'"),
+    (mutate_unknown_category, ValueError, r"annotation id 1 has category_id 5, which is not in 'categories'"),
+    (mutate_short_polygon, ValueError, r"annotation id 1: a polygon has 2 point\(s\); a polygon needs at least 3"),
+    (mutate_zero_box, ValueError, r"annotation id 1: zero-area box \[3, 3, 0, 4\]"),
+    (mutate_outside_box, ValueError,
+     r"annotation id 1: box \[50, 30, 40, 40\] lies outside its image id 10 \(60x40\)"),
+    (mutate_escape, ValueError, r"file_name '\.\./\.\./etc/passwd' points outside the image folder"),
+    (mutate_missing_file, FileNotFoundError,
+     r"image file\(s\) missing from .*val2017: \['nope\.png \(image id 10\)'\]"),
+]
+
+
+@pytest.mark.parametrize("mutate, exc, match", BAD_COCO, ids=[m.__name__[7:] for m, _, _ in BAD_COCO])
+@pytest.mark.parametrize("task", ["semantic", "instance"])
+def test_bad_coco_annotations_name_the_file_and_the_problem(tmp_path, mutate, exc, match, task):
+    from autotimm import InstanceSegmentationDataModule, SegmentationDataModule
+
+    path, data = valid_coco(tmp_path)
+    mutate(data)
+    path.write_text(json.dumps(data))
+    if task == "semantic":
+        dm = SegmentationDataModule(tmp_path, format="coco", num_workers=0, val_split="val")
+        if mutate is mutate_missing_file:
+            match = r"image id 10 file .*nope\.png does not exist"
+    else:
+        dm = InstanceSegmentationDataModule(tmp_path, num_workers=0)
+    with pytest.raises(exc, match=match):
+        dm.setup("validate")

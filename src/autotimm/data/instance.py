@@ -16,12 +16,11 @@ import albumentations as A
 import numpy as np
 import pytorch_lightning as pl
 import torch
-from pycocotools.coco import COCO
 from torch.utils.data import DataLoader, Dataset
 
 from .dataset import read_image
 from .formats.base import DatasetLayoutError
-from .formats.coco import ann_to_mask, find_coco_split, resolve_inside
+from .formats.coco import ann_to_mask, find_coco_split, load_coco, resolve_inside
 from .transforms import PRESETS, apply_eval, eval_finish, eval_resize, train_transforms
 
 log = logging.getLogger(__name__)
@@ -67,7 +66,7 @@ class CocoInstanceDataset(Dataset):
     def __init__(self, img_dir: Path, ann_file: Path, transform=None, train: bool = True, image_size: int = 640,
                  min_area: float = 0.0, min_keypoints: int = 0):
         self.img_dir, self.ann_file = img_dir, ann_file
-        self.coco = COCO(str(ann_file))
+        self.coco = load_coco(ann_file)
         self.category_ids = sorted(self.coco.getCatIds())
         self.cat_to_label = {c: i for i, c in enumerate(self.category_ids)}
         self.class_names = [self.coco.cats[c]["name"] for c in self.category_ids]
@@ -76,9 +75,13 @@ class CocoInstanceDataset(Dataset):
         self.min_area, self.min_keypoints = min_area, min_keypoints
         self._resize = None if (train or transform is not None) else eval_resize(image_size)
         self._finish = None if (train or transform is not None) else eval_finish(image_size, 0)
+        missing = []
         for i in self.ids:
             info = self.coco.imgs[i]
-            resolve_inside(img_dir, info["file_name"], f"{ann_file} image id {i}")
+            if not resolve_inside(img_dir, info["file_name"], f"{ann_file} image id {i}").is_file():
+                missing.append(f"{info['file_name']} (image id {i})")
+        if missing:
+            raise FileNotFoundError(f"{ann_file}: {len(missing)} image file(s) missing from {img_dir}: {missing[:5]}")
 
     def __len__(self) -> int:
         return len(self.ids)

@@ -8,6 +8,8 @@ painted first so smaller ones stay visible.
 
 from __future__ import annotations
 
+import json
+from collections import Counter
 from pathlib import Path
 
 import numpy as np
@@ -25,6 +27,68 @@ def find_coco_split(root: Path, split: str) -> tuple[Path, Path]:
             return img_dir, ann
         tried.append(f"{img_dir}/ + {ann}")
     raise DatasetLayoutError(f"format='coco': no split {split!r} in {root}; looked for " + " or ".join(tried))
+
+
+def _dups(values) -> list:
+    return sorted(v for v, n in Counter(values).items() if n > 1)
+
+
+def load_coco(ann_file: Path) -> COCO:
+    """Read and check a COCO annotation file, then index it with pycocotools.
+
+    Raises ``ValueError`` naming the file, the annotation or image id, and what was expected, for: unreadable JSON,
+    missing sections, duplicate image or category ids, images without file_name/size, annotations referring to an
+    image id or category id that does not exist, polygons with fewer than 3 points, RLE whose size is not its
+    image's, and (non-crowd) zero-area boxes or boxes outside their image.
+    """
+    try:
+        data = json.loads(Path(ann_file).read_text())
+    except (OSError, ValueError) as e:
+        raise ValueError(f"{ann_file}: cannot read COCO annotations ({e})") from e
+    for key in ("images", "annotations", "categories"):
+        if not isinstance(data.get(key), list):
+            raise ValueError(f"{ann_file}: expected a list under {key!r}")
+    dup = _dups(im.get("id") for im in data["images"])
+    if dup:
+        raise ValueError(f"{ann_file}: duplicate image ids {dup[:10]}; every image needs a unique id")
+    dup = _dups(c.get("id") for c in data["categories"])
+    if dup:
+        raise ValueError(f"{ann_file}: duplicate category ids {dup[:10]}")
+    sizes = {}
+    for im in data["images"]:
+        if not im.get("file_name") or not isinstance(im.get("height"), int) or not isinstance(im.get("width"), int):
+            raise ValueError(f"{ann_file}: image id {im.get('id')} needs 'file_name', integer 'height' and 'width'")
+        sizes[im["id"]] = (im["height"], im["width"])
+    cats = {c["id"] for c in data["categories"]}
+    for a in data["annotations"]:  # once per file, at set-up
+        aid, img = a.get("id"), a.get("image_id")
+        where = f"{ann_file}: annotation id {aid}"
+        if img not in sizes:
+            raise ValueError(f"{where} refers to image id {img}, which is not in 'images'")
+        if a.get("category_id") not in cats:
+            raise ValueError(f"{where} has category_id {a.get('category_id')}, which is not in 'categories' "
+                             f"{sorted(cats)[:20]}")
+        h, w = sizes[img]
+        seg = a.get("segmentation")
+        if isinstance(seg, list):
+            if not seg or any(len(p) < 6 or len(p) % 2 for p in seg):
+                n = min((len(p) // 2 for p in seg), default=0)
+                raise ValueError(f"{where}: a polygon has {n} point(s); a polygon needs at least 3 (x, y) points")
+        elif isinstance(seg, dict):
+            if list(seg.get("size", [])) != [h, w]:
+                raise ValueError(f"{where}: RLE size {seg.get('size')} differs from image id {img}'s [{h}, {w}]")
+        else:
+            raise ValueError(f"{where}: 'segmentation' must be polygons (a list) or RLE (a dict)")
+        if not a.get("iscrowd", 0) and a.get("bbox") is not None:
+            x, y, bw, bh = (float(v) for v in a["bbox"])
+            if bw <= 0 or bh <= 0:
+                raise ValueError(f"{where}: zero-area box {a['bbox']} (width and height must be > 0)")
+            if x < -1 or y < -1 or x + bw > w + 1 or y + bh > h + 1:
+                raise ValueError(f"{where}: box {a['bbox']} lies outside its image id {img} ({w}x{h})")
+    coco = COCO()
+    coco.dataset = data
+    coco.createIndex()
+    return coco
 
 
 def resolve_inside(folder: Path, file_name: str, where: str) -> Path:
@@ -47,7 +111,7 @@ def ann_to_mask(segm, h: int, w: int) -> np.ndarray:
 
 def load_split(root: Path, split: str, ignore_index: int = 255) -> SplitData:
     img_dir, ann_file = find_coco_split(root, split)
-    coco = COCO(str(ann_file))
+    coco = load_coco(ann_file)
     cat_ids = sorted(coco.getCatIds())
     mapping = {cid: i + 1 for i, cid in enumerate(cat_ids)}
     names = ["background"] + [coco.cats[c]["name"] for c in cat_ids]
