@@ -147,3 +147,79 @@ def test_bad_coco_annotations_name_the_file_and_the_problem(tmp_path, mutate, ex
         dm = InstanceSegmentationDataModule(tmp_path, num_workers=0)
     with pytest.raises(exc, match=match):
         dm.setup("validate")
+
+
+# ------------------------------------------------------------------------------------------------ bad image files
+def truncate(path):
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) // 3])
+
+
+def test_truncated_image_errors_by_default_and_is_skipped_on_request(tmp_path, shapes_root, caplog):
+    import shutil
+
+    from autotimm import SegmentationDataModule
+
+    root = tmp_path / "shapes"
+    shutil.copytree(shapes_root, root)
+    bad = root / "val" / "images" / "00003.png"
+    truncate(bad)
+    dm = SegmentationDataModule(root, format="png", image_size=64, num_workers=0, num_classes=5)
+    dm.setup("validate")
+    with pytest.raises(ValueError, match=r"image .*val/images/00003\.png: cannot decode it"):
+        dm.val_dataset[3]
+    dm = SegmentationDataModule(root, format="png", image_size=64, num_workers=0, num_classes=5, skip_corrupt=True)
+    with caplog.at_level("WARNING"):
+        dm.setup("validate")
+    assert len(dm.val_dataset) == 7 and dm.skipped_corrupt == [str(bad)]
+    assert "skipped 1 corrupt image(s)" in caplog.text and "00003.png" in caplog.text
+    assert all(dm.val_dataset[i]["image"].shape == (3, 64, 64) for i in range(7))
+
+
+def test_truncated_image_instance_skip(tmp_path, shapes_root):
+    import shutil
+
+    from autotimm import InstanceSegmentationDataModule
+
+    root = tmp_path / "shapes"
+    shutil.copytree(shapes_root, root)
+    truncate(root / "train" / "images" / "00001.png")
+    dm = InstanceSegmentationDataModule(root, image_size=64, num_workers=0, skip_corrupt=True)
+    dm.setup("fit")
+    assert len(dm.train_dataset) == 23 and dm.skipped_corrupt[0].endswith("00001.png")
+
+
+def test_mask_problems_name_the_files(tmp_path):
+    import numpy as np
+    from PIL import Image
+
+    from autotimm import SegmentationDataModule
+
+    for split in ("train", "val"):
+        (tmp_path / split / "images").mkdir(parents=True)
+        (tmp_path / split / "masks").mkdir(parents=True)
+        Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save(tmp_path / split / "images" / "a.png")
+        Image.fromarray(np.zeros((8, 9), np.uint8)).save(tmp_path / split / "masks" / "a.png")
+    Image.fromarray(np.zeros((8, 8), np.uint8)).save(tmp_path / "val" / "masks" / "orphan.png")
+    dm = SegmentationDataModule(tmp_path, format="png", image_size=32, num_workers=0)
+    with pytest.raises(ValueError, match=r"1 mask\(s\) in .*val/masks have no image .*\['orphan\.png'\]"):
+        dm.setup("validate")
+    dm = SegmentationDataModule(tmp_path, format="png", image_size=32, num_workers=0, val_split="train")
+    dm.setup("validate")
+    with pytest.raises(ValueError, match=r"mask .*train/masks/a\.png is 9x8 \(WxH\) but its image .*a\.png is 8x8"):
+        dm.val_dataset[0]
+
+
+@pytest.mark.parametrize("fmt, looked_for", [
+    ("voc", r"looked for JPEGImages/ and SegmentationClass/ in .*VOCdevkit/VOC2012, .*VOC2012 and"),
+    ("cityscapes", r"expected .*leftImg8bit/val \(layout leftImg8bit/<split>/<city>/"),
+    ("coco", r"no split 'val' in .*; looked for .*val2017/ \+ .*instances_val2017\.json or"),
+    ("png", r"expected split folder .*val with images/ and masks/ inside"),
+])
+def test_wrong_layout_says_what_was_looked_for(tmp_path, fmt, looked_for):
+    from autotimm import SegmentationDataModule
+    from autotimm.data import DatasetLayoutError
+
+    (tmp_path / "something_else").mkdir()
+    with pytest.raises(DatasetLayoutError, match=looked_for):
+        SegmentationDataModule(tmp_path, format=fmt, num_workers=0).setup("validate")

@@ -9,7 +9,7 @@ from typing import Any
 import pytorch_lightning as pl
 from torch.utils.data import DataLoader
 
-from .dataset import SegmentationDataset, collate_segmentation
+from .dataset import SegmentationDataset, collate_segmentation, find_corrupt
 from .formats import FORMATS, DatasetLayoutError
 from .transforms import PRESETS, train_transforms
 
@@ -30,6 +30,8 @@ class SegmentationDataModule(pl.LightningDataModule):
         ignore_index: void label, also used for padding.
         num_classes: when given, masks with labels >= num_classes (other than ignore_index) fail with the file name.
         train_split / val_split / test_split: split names (``test_split=None`` reuses the validation split).
+        skip_corrupt: an unreadable or truncated image is an error naming the file (default); with True, every
+            image is decoded once at set-up and the bad ones are skipped, counted (``skipped_corrupt``) and logged.
         pin_memory / persistent_workers: loader settings.
     """
 
@@ -38,7 +40,7 @@ class SegmentationDataModule(pl.LightningDataModule):
                  custom_val_transforms: Any = None, class_mapping: dict[int, int] | None = None,
                  ignore_index: int = 255, num_classes: int | None = None, train_split: str = "train",
                  val_split: str = "val", test_split: str | None = None, pin_memory: bool = False,
-                 persistent_workers: bool = True):
+                 persistent_workers: bool = True, skip_corrupt: bool = False):
         super().__init__()
         if format not in FORMATS:
             raise ValueError(f"format: unknown {format!r}; valid: {sorted(FORMATS)}")
@@ -62,6 +64,8 @@ class SegmentationDataModule(pl.LightningDataModule):
         self.train_split, self.val_split, self.test_split = train_split, val_split, test_split
         self.pin_memory = pin_memory
         self.persistent_workers = persistent_workers
+        self.skip_corrupt = skip_corrupt
+        self.skipped_corrupt: list[str] = []
         self.train_dataset = self.val_dataset = self.test_dataset = None
         self.class_names: list[str] | None = None
 
@@ -75,6 +79,13 @@ class SegmentationDataModule(pl.LightningDataModule):
 
     def _dataset(self, split: str, train: bool) -> SegmentationDataset:
         data = self._split(split)
+        if self.skip_corrupt:
+            bad = set(find_corrupt([s.image_path for s in data.samples]))
+            if bad:
+                data.samples = [s for s in data.samples if str(s.image_path) not in bad]
+                self.skipped_corrupt += sorted(bad)
+                log.warning("%s split %r: skipped %d corrupt image(s) (skip_corrupt=True)", self.format, split,
+                            len(bad))
         self.class_names = self.class_names or data.class_names
         if train:
             tf = self.custom_train_transforms or train_transforms(self.augmentation_preset, self.image_size,

@@ -36,6 +36,18 @@ def read_image(path) -> np.ndarray:
     return img
 
 
+def find_corrupt(paths) -> list[str]:
+    """Decode every image once; return the ones that fail (for ``skip_corrupt``: counted, logged, dropped)."""
+    bad = []
+    for p in paths:  # once, at set-up, only when the user asked to skip corrupt files
+        try:
+            read_image(p)
+        except (ValueError, FileNotFoundError) as e:
+            bad.append(str(p))
+            log.warning("skipping corrupt image %s: %s", p, e)
+    return bad
+
+
 class SegmentationDataset(Dataset):
     """Items: ``image`` float [3,H,W], ``mask`` int64 [H,W], ``image_id``, ``orig_size`` (h, w),
     ``valid_size`` (un-padded h, w after resizing) and, for evaluation, ``orig_mask`` at the original size."""

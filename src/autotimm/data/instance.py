@@ -18,7 +18,7 @@ import pytorch_lightning as pl
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from .dataset import read_image
+from .dataset import find_corrupt, read_image
 from .formats.base import DatasetLayoutError
 from .formats.coco import ann_to_mask, find_coco_split, load_coco, resolve_inside
 from .transforms import PRESETS, apply_eval, eval_finish, eval_resize, train_transforms
@@ -64,7 +64,7 @@ def to_format(boxes_xyxy: np.ndarray, fmt: str, h: int, w: int) -> np.ndarray:
 
 class CocoInstanceDataset(Dataset):
     def __init__(self, img_dir: Path, ann_file: Path, transform=None, train: bool = True, image_size: int = 640,
-                 min_area: float = 0.0, min_keypoints: int = 0):
+                 min_area: float = 0.0, min_keypoints: int = 0, skip_corrupt: bool = False):
         self.img_dir, self.ann_file = img_dir, ann_file
         self.coco = load_coco(ann_file)
         self.category_ids = sorted(self.coco.getCatIds())
@@ -82,6 +82,12 @@ class CocoInstanceDataset(Dataset):
                 missing.append(f"{info['file_name']} (image id {i})")
         if missing:
             raise FileNotFoundError(f"{ann_file}: {len(missing)} image file(s) missing from {img_dir}: {missing[:5]}")
+        self.skipped_corrupt: list[str] = []
+        if skip_corrupt:
+            paths = {i: img_dir / self.coco.imgs[i]["file_name"] for i in self.ids}
+            bad = set(find_corrupt(paths.values()))
+            self.ids = [i for i in self.ids if str(paths[i]) not in bad]
+            self.skipped_corrupt = sorted(bad)
 
     def __len__(self) -> int:
         return len(self.ids)
@@ -192,14 +198,14 @@ class InstanceSegmentationDataModule(pl.LightningDataModule):
     """COCO instance segmentation. Args (see the API reference): data_dir, image_size, batch_size, num_workers,
     augmentation_preset, custom_train_transforms (an albumentations ``Compose`` with ``bbox_params`` in any box
     format; boxes, masks and labels stay in step whatever its label fields), custom_val_transforms (image only),
-    min_keypoints, min_area; plus split names.
+    min_keypoints, min_area; plus split names and ``skip_corrupt`` (as ``SegmentationDataModule``).
     ``category_ids[label]`` maps contiguous labels back to the dataset's category ids."""
 
     def __init__(self, data_dir: str | Path, image_size: int = 640, batch_size: int = 4, num_workers: int = 4,
                  augmentation_preset: str = "default", custom_train_transforms: Any = None,
                  custom_val_transforms: Any = None, min_keypoints: int = 0, min_area: float = 0.0,
                  train_split: str = "train", val_split: str = "val", test_split: str | None = None,
-                 num_classes: int | None = None, persistent_workers: bool = True):
+                 num_classes: int | None = None, persistent_workers: bool = True, skip_corrupt: bool = False):
         super().__init__()
         if augmentation_preset not in PRESETS:
             raise ValueError(f"augmentation_preset: unknown {augmentation_preset!r}; valid: {list(PRESETS)}")
@@ -211,6 +217,8 @@ class InstanceSegmentationDataModule(pl.LightningDataModule):
         self.train_split, self.val_split, self.test_split = train_split, val_split, test_split
         self.num_classes = num_classes
         self.persistent_workers = persistent_workers
+        self.skip_corrupt = skip_corrupt
+        self.skipped_corrupt: list[str] = []
         self.train_dataset = self.val_dataset = self.test_dataset = None
         self.category_ids: list[int] | None = None
         self.class_names: list[str] | None = None
@@ -222,7 +230,11 @@ class InstanceSegmentationDataModule(pl.LightningDataModule):
         tf = (self.custom_train_transforms or instance_train_transforms(self.augmentation_preset, self.image_size)) \
             if train else self.custom_val_transforms
         ds = CocoInstanceDataset(img_dir, ann, tf, train=train, image_size=self.image_size, min_area=self.min_area,
-                                 min_keypoints=self.min_keypoints)
+                                 min_keypoints=self.min_keypoints, skip_corrupt=self.skip_corrupt)
+        if ds.skipped_corrupt:
+            self.skipped_corrupt += ds.skipped_corrupt
+            log.warning("coco instance split %r: skipped %d corrupt image(s) (skip_corrupt=True)", split,
+                        len(ds.skipped_corrupt))
         if self.category_ids is None:
             self.category_ids, self.class_names = ds.category_ids, ds.class_names
         elif ds.category_ids != self.category_ids:
