@@ -223,3 +223,73 @@ def test_wrong_layout_says_what_was_looked_for(tmp_path, fmt, looked_for):
     (tmp_path / "something_else").mkdir()
     with pytest.raises(DatasetLayoutError, match=looked_for):
         SegmentationDataModule(tmp_path, format=fmt, num_workers=0).setup("validate")
+
+
+# ------------------------------------------------------------------------------------------------ process faults
+@pytest.mark.slow
+def test_sigkill_mid_epoch_then_resume_gives_the_same_number_of_steps(tmp_path, shapes_root):
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from test_cli import ROOT, run
+
+    epochs, steps_per_epoch = 6, 24 // 4
+    common = [f"dataset.data_dir={shapes_root}", "dataset.num_train=24", "dataset.num_val=8",
+              "dataset.source_size=64", "dataset.seed=3", "dataset.image_size=64", "dataset.batch_size=4",
+              "dataset.num_workers=0", "backbone=test_resnet", f"trainer.max_epochs={epochs}"]
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", "WANDB_MODE": "offline"}
+    proc = subprocess.Popen([sys.executable, str(ROOT / "train.py"), f"paths.log_dir={tmp_path}/killed", *common],
+                            cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 180
+    last = None
+    while time.time() < deadline and proc.poll() is None:
+        found = list((tmp_path / "killed").glob("train/runs/*/checkpoints/last.ckpt"))
+        if found:
+            last = found[0]
+            break
+        time.sleep(0.05)
+    assert last is not None and proc.poll() is None, "the run ended before it could be killed"
+    time.sleep(0.3)  # into the next epoch
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert proc.returncode == -signal.SIGKILL
+    state = torch.load(last, map_location="cpu", weights_only=True)  # intact (atomic writes)
+    assert 0 < state["global_step"] < epochs * steps_per_epoch
+
+    run("train.py", f"paths.log_dir={tmp_path}/resumed", *common, f"ckpt_path={last}")
+    resumed = json.loads(next((tmp_path / "resumed").glob("train/runs/*/metrics.json")).read_text())
+    assert resumed["status"] == "completed"
+    assert resumed["global_step"] == epochs * steps_per_epoch  # as many optimizer steps as an uninterrupted run
+
+
+# ------------------------------------------------------------------------------------------------ untrusted files
+class RunsCode:
+    def __reduce__(self):
+        return (print, ("this would have run",))
+
+
+@pytest.mark.slow
+def test_checkpoint_with_code_is_refused(tmp_path, shapes_root):
+    import subprocess
+    import sys
+
+    from test_cli import ROOT
+
+    model = SemanticSegmentor(TINY, num_classes=5)
+    ckpt = {"state_dict": model.state_dict(), "hyper_parameters": dict(model.hparams),
+            "pytorch-lightning_version": pl.__version__, "evil": RunsCode()}
+    path = tmp_path / "evil.ckpt"
+    torch.save(ckpt, path)
+    common = [f"paths.log_dir={tmp_path}/outputs", f"dataset.data_dir={shapes_root}", "dataset.num_train=24",
+              "dataset.num_val=8", "dataset.source_size=64", "dataset.seed=3", "dataset.num_workers=0",
+              "backbone=test_resnet", f"ckpt_path={path}"]
+    for script in ("eval.py", "train.py"):
+        proc = subprocess.run([sys.executable, str(ROOT / script), *common], cwd=ROOT, capture_output=True,
+                              text=True, timeout=300)
+        assert proc.returncode != 0
+        out = proc.stdout + proc.stderr
+        assert "refusing to load it: it holds Python objects beyond tensors and plain data" in out, out[-2000:]
+        assert "this would have run" not in out

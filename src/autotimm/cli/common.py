@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import math
+import pickle
 from pathlib import Path
 from typing import Any
 
@@ -31,6 +33,19 @@ def build_trainer(cfg: DictConfig, callbacks: bool = True) -> pl.Trainer:
     for lg in loggers:
         lg.log_hyperparams(container)
     return trainer
+
+
+@contextlib.contextmanager
+def untrusted_checkpoint(path: Any):
+    """Checkpoints load with ``weights_only=True``: tensors and plain data only, no code runs. A file that needs
+    more is refused with a clear error instead of torch's long unpickling message."""
+    try:
+        yield
+    except pickle.UnpicklingError as e:
+        lines = [ln.strip() for ln in str(e).splitlines() if "Unsupported global" in ln] or [type(e).__name__]
+        raise ValueError(f"ckpt_path {path}: refusing to load it: it holds Python objects beyond tensors and plain "
+                         f"data ({lines[0]}); loading it could run code. If you trust its source, load it yourself "
+                         f"with torch.load(..., weights_only=False).") from None
 
 
 def check_pairing(model: Any, datamodule: Any) -> None:

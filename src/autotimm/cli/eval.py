@@ -8,7 +8,15 @@ from typing import Any
 from hydra.utils import get_class, instantiate
 from omegaconf import DictConfig
 
-from .common import build_trainer, check_pairing, log, print_summary, scalar_metrics, write_metrics
+from .common import (
+    build_trainer,
+    check_pairing,
+    log,
+    print_summary,
+    scalar_metrics,
+    untrusted_checkpoint,
+    write_metrics,
+)
 from .train import output_dir
 
 
@@ -19,7 +27,8 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
     datamodule = instantiate(cfg.dataset)
     model_cls = get_class(cfg.model._target_)
     # hyper-parameters come from the checkpoint; weights-only loading never runs code from the file
-    model = model_cls.load_from_checkpoint(str(ckpt), map_location="cpu", weights_only=True)
+    with untrusted_checkpoint(ckpt):
+        model = model_cls.load_from_checkpoint(str(ckpt), map_location="cpu", weights_only=True)
     check_pairing(model, datamodule)
     trainer = build_trainer(cfg, callbacks=False)
     log.info("testing %s", ckpt)

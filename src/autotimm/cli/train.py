@@ -11,7 +11,15 @@ from hydra.types import RunMode
 from hydra.utils import instantiate
 from omegaconf import DictConfig
 
-from .common import build_trainer, check_pairing, log, print_summary, scalar_metrics, write_metrics
+from .common import (
+    build_trainer,
+    check_pairing,
+    log,
+    print_summary,
+    scalar_metrics,
+    untrusted_checkpoint,
+    write_metrics,
+)
 
 
 def output_dir(cfg: DictConfig) -> str:
@@ -32,7 +40,8 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     out = output_dir(cfg)
     if cfg.get("train", True):
         log.info("training %s on %s", type(model).__name__, type(datamodule).__name__)
-        trainer.fit(model, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"))
+        with untrusted_checkpoint(cfg.get("ckpt_path")):
+            trainer.fit(model, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"), weights_only=True)
     metrics = scalar_metrics(trainer.callback_metrics)
     ckpt_cb = trainer.checkpoint_callback
     best = getattr(ckpt_cb, "best_model_path", "") or ""
