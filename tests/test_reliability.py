@@ -293,3 +293,34 @@ def test_checkpoint_with_code_is_refused(tmp_path, shapes_root):
         out = proc.stdout + proc.stderr
         assert "refusing to load it: it holds Python objects beyond tensors and plain data" in out, out[-2000:]
         assert "this would have run" not in out
+
+
+def test_voc_split_entry_cannot_escape_the_dataset(tmp_path):
+    from autotimm import SegmentationDataModule
+
+    base = tmp_path / "VOC2012"
+    for d in ("JPEGImages", "SegmentationClass", "ImageSets/Segmentation"):
+        (base / d).mkdir(parents=True)
+    (base / "ImageSets" / "Segmentation" / "val.txt").write_text("../../../etc/hostname\n")
+    with pytest.raises(ValueError, match=r"val\.txt entry '\.\./\.\./\.\./etc/hostname'.*points outside the image"):
+        SegmentationDataModule(tmp_path, format="voc", num_workers=0).setup("validate")
+
+
+@pytest.mark.parametrize("make, match", [
+    (lambda: __import__("autotimm").SegmentationDataModule("d", format="tiff"),
+     r"format: unknown 'tiff'; valid: \['cityscapes', 'coco', 'png', 'voc'\]"),
+    (lambda: __import__("autotimm").SegmentationDataModule("d", augmentation_preset="extreme"),
+     r"augmentation_preset: unknown 'extreme'; valid: \['light', 'default', 'strong'\]"),
+    (lambda: __import__("autotimm").InstanceSegmentationDataModule("d", augmentation_preset="extreme"),
+     r"augmentation_preset: unknown 'extreme'; valid: \['light', 'default', 'strong'\]"),
+    (lambda: __import__("autotimm").InstanceSegmentor(TINY, num_classes=3, mask_size=0),
+     r"mask_size must be an integer >= 1, got 0"),
+    (lambda: __import__("autotimm").InstanceSegmentor(TINY, num_classes=0), r"num_classes must be an integer >= 1"),
+    (lambda: __import__("autotimm").InstanceSegmentor(TINY, num_classes=3, optimizer="lion"),
+     r"optimizer: unknown value 'lion'; valid: \['adam', 'adamw', 'rmsprop', 'sgd'\]"),
+    (lambda: __import__("autotimm").FeatureBackboneConfig and SemanticSegmentor("not_a_model", num_classes=3),
+     r"backbone.model_name: unknown timm model 'not_a_model'"),
+])
+def test_invalid_configuration_lists_the_valid_values(make, match):
+    with pytest.raises(ValueError, match=match):
+        make()

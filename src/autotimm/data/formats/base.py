@@ -63,3 +63,12 @@ def read_mask_file(sample: Sample) -> np.ndarray:
 
 def list_images(folder: Path) -> list[Path]:
     return sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_EXTS and p.is_file())
+
+
+def resolve_inside(folder: Path, file_name: str, where: str) -> Path:
+    """``folder / file_name``, refusing names from a dataset file (``../``, absolute paths, links) that lead outside
+    ``folder``."""
+    path = (folder / file_name).resolve()
+    if not path.is_relative_to(folder.resolve()):
+        raise ValueError(f"{where}: file_name {file_name!r} points outside the image folder {folder}")
+    return path

@@ -16,7 +16,7 @@ import numpy as np
 from pycocotools import mask as mask_utils
 from pycocotools.coco import COCO
 
-from .base import DatasetLayoutError, Sample, SplitData
+from .base import DatasetLayoutError, Sample, SplitData, resolve_inside
 
 
 def find_coco_split(root: Path, split: str) -> tuple[Path, Path]:
@@ -89,13 +89,6 @@ def load_coco(ann_file: Path) -> COCO:
     coco.dataset = data
     coco.createIndex()
     return coco
-
-
-def resolve_inside(folder: Path, file_name: str, where: str) -> Path:
-    path = (folder / file_name).resolve()
-    if not path.is_relative_to(folder.resolve()):
-        raise ValueError(f"{where}: file_name {file_name!r} points outside the image folder {folder}")
-    return path
 
 
 def ann_to_mask(segm, h: int, w: int) -> np.ndarray:

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from .base import DatasetLayoutError, Sample, SplitData, read_mask_file
+from .base import DatasetLayoutError, Sample, SplitData, read_mask_file, resolve_inside
 
 VOC_CLASSES = ["background", "aeroplane", "bicycle", "bird", "boat", "bottle", "bus", "car", "cat", "chair", "cow",
                "diningtable", "dog", "horse", "motorbike", "person", "pottedplant", "sheep", "sofa", "train",
@@ -28,8 +28,8 @@ def load_split(root: Path, split: str) -> SplitData:
     ids = [line.strip() for line in list_file.read_text().splitlines() if line.strip()]
     samples = []
     for i in ids:
-        img = base / "JPEGImages" / f"{i}.jpg"
-        mask = base / "SegmentationClass" / f"{i}.png"
+        img = resolve_inside(base / "JPEGImages", f"{i}.jpg", f"{list_file} entry {i!r}")
+        mask = resolve_inside(base / "SegmentationClass", f"{i}.png", f"{list_file} entry {i!r}")
         for p, what in ((img, "image"), (mask, "mask")):
             if not p.is_file():
                 raise FileNotFoundError(f"format='voc': {list_file.name} lists {i!r} but its {what} {p} is missing")
