@@ -61,6 +61,29 @@ def check_pairing(model: Any, datamodule: Any) -> None:
         raise ValueError(f"model {type(model).__name__} cannot train on {type(datamodule).__name__}: it needs {need}")
 
 
+def check_image_size(model: Any, image_size: int) -> None:
+    """The datamodule's ``image_size`` must be usable by the backbone: at least its deepest stride, and accepted
+    by a forward pass (fixed-size ViTs, window sizes...). Checked once with a dummy image, before any data loads."""
+    import torch
+
+    backbone = model.backbone
+    name = backbone.config.model_name
+    stride = backbone.output_stride
+    if image_size < stride:
+        raise ValueError(f"dataset.image_size={image_size} is smaller than backbone {name}'s output stride {stride}; "
+                         f"use at least {stride} (ideally a multiple of {stride})")
+    was_training = backbone.training
+    backbone.eval()
+    try:
+        with torch.no_grad():
+            backbone(torch.zeros(1, 3, image_size, image_size, device=next(model.parameters()).device))
+    except Exception as e:  # noqa: BLE001 - reported with the field to change
+        raise ValueError(f"dataset.image_size={image_size} is not usable by backbone {name}: {e}. Use a size its "
+                         f"architecture accepts (a multiple of {stride}; fixed-size models: backbone.img_size)") from e
+    finally:
+        backbone.train(was_training)
+
+
 def scalar_metrics(metrics: dict[str, Any]) -> dict[str, float]:
     out = {}
     for k, v in metrics.items():

@@ -13,6 +13,7 @@ from omegaconf import DictConfig
 
 from .common import (
     build_trainer,
+    check_image_size,
     check_pairing,
     log,
     print_summary,
@@ -36,6 +37,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     datamodule = instantiate(cfg.dataset)
     model = instantiate(cfg.model)
     check_pairing(model, datamodule)
+    check_image_size(model, datamodule.image_size)
     trainer = build_trainer(cfg)
     out = output_dir(cfg)
     if cfg.get("train", True):
