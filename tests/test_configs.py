@@ -38,7 +38,7 @@ def compose_cfg(tmp_path, overrides, config_name="train"):
 CASES = [(g, o) for g in GROUPS for o in options(g) if g not in ("paths", "hydra")]
 # options that belong to the instance model are composed with model=instance
 INSTANCE_OPTIONS = {("head", "mask"), ("loss", "instance"), ("dataset", "shapes_instance"), ("model", "instance"),
-                    ("experiment", "instance_shapes")}
+                    ("experiment", "instance_shapes"), ("experiment", "ablate_mask_size")}
 
 
 def test_every_group_has_options():

@@ -77,9 +77,12 @@ def run(cfg: DictConfig) -> float | None:
         return optimized_value(cfg, train(cfg))
     except Exception as e:  # noqa: BLE001 - recorded, then re-raised or reported as a failed sweep job
         out = output_dir(cfg)
-        write_metrics(out, {}, status="failed", error=f"{type(e).__name__}: {e}",
+        root = e
+        while root.__cause__ is not None:  # Hydra wraps the constructor's error: record the real one
+            root = root.__cause__
+        write_metrics(out, {}, status="failed", error=f"{type(root).__name__}: {root}",
                       traceback=traceback.format_exc(), monitor=cfg.get("optimized_metric"))
-        log.error("job failed: %s: %s (recorded in %s/metrics.json)", type(e).__name__, e, out)
+        log.error("job failed: %s: %s (recorded in %s/metrics.json)", type(root).__name__, root, out)
         if in_multirun():
             return None
         raise
