@@ -13,7 +13,7 @@ from typing import Any
 import pytorch_lightning as pl
 import torch
 from hydra.utils import instantiate
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, OmegaConf, open_dict
 
 log = logging.getLogger("autotimm")
 
@@ -25,7 +25,37 @@ def instantiate_group(cfg: DictConfig | None) -> list[Any]:
     return [instantiate(c) for c in cfg.values() if c is not None and "_target_" in c]
 
 
+def wandb_run_defaults(cfg: DictConfig) -> None:
+    """A W&B logger without name/group gets the job's overrides as its name and tags, and in a multirun the sweep
+    folder as its group, so the runs of one sweep sit together on the dashboard."""
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.types import RunMode
+
+    hc = HydraConfig.get() if HydraConfig.initialized() else None
+    overrides = [str(o) for o in hc.overrides.task] if hc else []
+    for node in (cfg.get("logger") or {}).values():
+        if not node or not str(node.get("_target_", "")).endswith("WandbLogger"):
+            continue
+        with open_dict(node):
+            if not node.get("name"):
+                node.name = (",".join(o for o in overrides if not o.startswith(("paths.", "dataset.data_dir")))
+                             or cfg.get("task_name", "run"))[:128]
+            if not node.get("group") and hc is not None and hc.mode == RunMode.MULTIRUN:
+                node.group = f"{cfg.get('task_name', 'sweep')}/{Path(hc.sweep.dir).name}"
+            node.tags = list(node.get("tags") or []) + [o[:64] for o in overrides if not o.startswith("paths.")]
+
+
+def finish_wandb(exit_code: int) -> None:
+    """Close an open W&B run (also when a job fails, so it is not left running)."""
+    import sys
+
+    wandb = sys.modules.get("wandb")
+    if wandb is not None and getattr(wandb, "run", None) is not None:
+        wandb.finish(exit_code=exit_code)
+
+
 def build_trainer(cfg: DictConfig, callbacks: bool = True) -> pl.Trainer:
+    wandb_run_defaults(cfg)
     cbs = instantiate_group(cfg.get("callbacks")) if callbacks else []
     loggers = instantiate_group(cfg.get("logger"))
     trainer = instantiate(cfg.trainer, callbacks=cbs, logger=loggers or False)

@@ -15,6 +15,7 @@ from .common import (
     build_trainer,
     check_image_size,
     check_pairing,
+    finish_wandb,
     log,
     print_summary,
     scalar_metrics,
@@ -39,6 +40,10 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     check_pairing(model, datamodule)
     check_image_size(model, datamodule.image_size)
     trainer = build_trainer(cfg)
+    counts = {"model/params_total": sum(p.numel() for p in model.parameters()),
+              "model/params_trainable": sum(p.numel() for p in model.parameters() if p.requires_grad)}
+    for lg in trainer.loggers:
+        lg.log_hyperparams(counts)
     out = output_dir(cfg)
     if cfg.get("train", True):
         log.info("training %s on %s", type(model).__name__, type(datamodule).__name__)
@@ -74,7 +79,9 @@ def run(cfg: DictConfig) -> float | None:
     """The entry point's job: train, return the optimized metric. A job that raises writes ``metrics.json`` with
     ``status: failed`` and the error; in a multirun the sweep goes on to the next job, in a single run it re-raises."""
     try:
-        return optimized_value(cfg, train(cfg))
+        value = optimized_value(cfg, train(cfg))
+        finish_wandb(0)
+        return value
     except Exception as e:  # noqa: BLE001 - recorded, then re-raised or reported as a failed sweep job
         out = output_dir(cfg)
         root = e
@@ -83,6 +90,7 @@ def run(cfg: DictConfig) -> float | None:
         write_metrics(out, {}, status="failed", error=f"{type(root).__name__}: {root}",
                       traceback=traceback.format_exc(), monitor=cfg.get("optimized_metric"))
         log.error("job failed: %s: %s (recorded in %s/metrics.json)", type(root).__name__, root, out)
+        finish_wandb(1)
         if in_multirun():
             return None
         raise

@@ -3,5 +3,6 @@
 from .callbacks import EpochSummary
 from .logging_config import LoggingConfig, as_logging_config
 from .trainer import AutoTrainer
+from .wandb_panels import WandbImagePanels
 
-__all__ = ["AutoTrainer", "EpochSummary", "LoggingConfig", "as_logging_config"]
+__all__ = ["AutoTrainer", "EpochSummary", "LoggingConfig", "WandbImagePanels", "as_logging_config"]

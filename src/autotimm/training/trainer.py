@@ -7,8 +7,10 @@ from typing import Any
 import pytorch_lightning as pl
 import torch
 from pytorch_lightning.callbacks import LearningRateMonitor, ModelCheckpoint, RichProgressBar
+from pytorch_lightning.loggers import Logger, WandbLogger
 
 from .callbacks import EpochSummary
+from .wandb_panels import WandbImagePanels
 
 
 def auto_precision(accelerator: str | None = "auto") -> str:
@@ -31,7 +33,8 @@ class AutoTrainer(pl.Trainer):
     - ``ModelCheckpoint`` keeping the best checkpoint on ``checkpoint_monitor`` (``best-...ckpt``) and ``last.ckpt``;
     - ``RichProgressBar`` (when the progress bar is enabled);
     - ``LearningRateMonitor`` (when a logger is configured);
-    - ``EpochSummary``: one log line per validation epoch (readable in log files and CI).
+    - ``EpochSummary``: one log line per validation epoch (readable in log files and CI);
+    - ``WandbImagePanels`` (with a ``WandbLogger``): validation images with prediction / ground-truth overlays.
 
     ``precision="auto"`` picks bf16 autocast where the hardware has it (see ``auto_precision``), else fp32.
     There is no hidden learning-rate finder or other tuning: ``fit`` trains with what you passed.
@@ -59,6 +62,11 @@ class AutoTrainer(pl.Trainer):
             callbacks.append(RichProgressBar())
         if not have(EpochSummary):
             callbacks.append(EpochSummary())
+        loggers = trainer_kwargs.get("logger")
+        # a list, or a ListConfig when Hydra passes it
+        loggers = [loggers] if loggers is None or isinstance(loggers, (bool, Logger)) else list(loggers)
+        if any(isinstance(lg, WandbLogger) for lg in loggers) and not have(WandbImagePanels):
+            callbacks.append(WandbImagePanels())
         if trainer_kwargs.get("logger", True) not in (False, None, []) and not have(LearningRateMonitor):
             callbacks.append(LearningRateMonitor(logging_interval="step"))
         if trainer_kwargs.get("precision") == "auto":

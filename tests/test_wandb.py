@@ -1,0 +1,93 @@
+"""A real offline W&B run: the files it wrote hold the config, the metric history and the image panels."""
+
+import struct
+
+import pytest
+
+
+def wandb_records(path):
+    """Records of a W&B run file (``run-<id>.wandb``): a 7-byte header, then 32 KiB blocks of
+    (crc32, length, type) + data fragments; FULL=1, FIRST=2, MIDDLE=3, LAST=4."""
+    from wandb.proto import wandb_internal_pb2 as pb
+
+    data = path.read_bytes()
+    ident, magic, _ = struct.unpack("<4sHB", data[:7])
+    assert ident == b":W&B" and magic == 0xBEE1
+    pos, block, buf = 7, 32768, b""
+    while pos + 7 <= len(data):
+        left = block - pos % block
+        if left < 7:
+            pos += left
+            continue
+        _, length, kind = struct.unpack("<IHB", data[pos:pos + 7])
+        if kind == 0 and length == 0:
+            break
+        chunk = data[pos + 7: pos + 7 + length]
+        pos += 7 + length
+        buf = chunk if kind in (1, 2) else buf + chunk
+        if kind in (1, 4):
+            record = pb.Record()
+            record.ParseFromString(buf)
+            yield record
+
+
+def summarize(run_dir):
+    run_file = next(run_dir.glob("run-*.wandb"))
+    out = {"history": set(), "config": set(), "run": None, "exit": None}
+    for r in wandb_records(run_file):
+        kind = r.WhichOneof("record_type")
+        if kind == "history":
+            out["history"] |= {it.key or "/".join(it.nested_key) for it in r.history.item}
+        elif kind == "config":
+            out["config"] |= {it.key or "/".join(it.nested_key) for it in r.config.update}
+        elif kind == "run":
+            out["run"] = r.run
+        elif kind == "exit":
+            out["exit"] = r.exit.exit_code
+    return out
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("instance", [False, True], ids=["semantic", "instance"])
+def test_offline_wandb_run_files(tmp_path, shapes_root, monkeypatch, instance):
+    from test_cli import run
+
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    extra = ["experiment=instance_shapes", "model.fpn_channels=32", "model.head_num_convs=1", "head.num_convs=1",
+             "trainer.check_val_every_n_epoch=1"] if instance else []
+    run("train.py", "logger=wandb", *extra, f"paths.log_dir={tmp_path}/outputs", f"dataset.data_dir={shapes_root}",
+        "dataset.num_train=24", "dataset.num_val=8", "dataset.source_size=64", "dataset.seed=3",
+        "dataset.image_size=64", "dataset.batch_size=8", "dataset.num_workers=0", "backbone=test_resnet",
+        "trainer.max_epochs=2")
+    run_dir = next(tmp_path.glob("outputs/*/runs/*/wandb/offline-run-*"))
+    s = summarize(run_dir)
+    # the full resolved Hydra config, the model's hyper-parameters and parameter counts
+    assert {"model", "dataset", "backbone", "trainer", "optimized_metric"} <= s["config"]
+    assert {"model/params_total", "model/params_trainable", "num_classes"} <= s["config"]
+    metric = "val/mask_map_50" if instance else "val/miou"
+    assert {metric, "val/loss", "train/loss_epoch", "val/examples/_type"} <= s["history"]
+    # image panels with mask overlays (and, for instance, boxes)
+    media = run_dir / "files" / "media"
+    assert len(list(media.glob("images/val/examples_*.png"))) >= 2
+    assert len(list(media.glob("images/mask/val/examples_*.mask.png"))) >= 4  # prediction + ground truth
+    if instance:
+        assert "val/examples/all_boxes" in s["history"] or any("box" in k for k in s["history"])
+    assert s["run"].display_name.startswith("logger=wandb,")  # named by its overrides (cut at 128 characters)
+    assert {"logger=wandb", "backbone=test_resnet"} <= set(s["run"].tags)
+    assert s["exit"] == 0
+
+
+@pytest.mark.slow
+def test_sweep_runs_share_a_group(tmp_path, shapes_root, monkeypatch):
+    from test_cli import run
+
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    run("train.py", "-m", "logger=wandb", f"paths.log_dir={tmp_path}/outputs", f"dataset.data_dir={shapes_root}",
+        "dataset.num_train=24", "dataset.num_val=8", "dataset.source_size=64", "dataset.seed=3",
+        "dataset.image_size=64", "dataset.batch_size=8", "dataset.num_workers=0", "backbone=test_resnet",
+        "trainer.max_epochs=1", "task_name=sweep", "loss.dice_weight=0.5,1.0")
+    runs = [summarize(p)["run"] for p in sorted(tmp_path.glob("outputs/sweep/multiruns/*/*/wandb/offline-run-*"))]
+    assert len(runs) == 2
+    assert runs[0].run_group == runs[1].run_group and runs[0].run_group.startswith("sweep/")
+    assert {"loss.dice_weight=0.5", "loss.dice_weight=1.0"} == {
+        next(t for t in r.tags if t.startswith("loss.dice_weight")) for r in runs}
