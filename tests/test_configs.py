@@ -15,7 +15,7 @@ from autotimm.cli.common import instantiate_group
 
 CONF = Path(__file__).resolve().parents[1] / "conf"
 GROUPS = ["backbone", "head", "loss", "dataset", "augmentation", "trainer", "model", "logger", "callbacks",
-          "experiment", "debug", "paths", "hydra"]
+          "experiment", "debug", "hparams_search", "launcher", "paths", "hydra"]
 
 
 def options(group):
@@ -38,7 +38,8 @@ def compose_cfg(tmp_path, overrides, config_name="train"):
 CASES = [(g, o) for g in GROUPS for o in options(g) if g not in ("paths", "hydra")]
 # options that belong to the instance model are composed with model=instance
 INSTANCE_OPTIONS = {("head", "mask"), ("loss", "instance"), ("dataset", "shapes_instance"), ("model", "instance"),
-                    ("experiment", "instance_shapes"), ("experiment", "ablate_mask_size")}
+                    ("experiment", "instance_shapes"), ("experiment", "ablate_mask_size"),
+                    ("hparams_search", "optuna_instance")}
 
 
 def test_every_group_has_options():
@@ -52,10 +53,10 @@ def test_compose_and_instantiate(tmp_path, group, option):
     instance = (group, option) in INSTANCE_OPTIONS
     if instance and group not in ("model", "experiment"):
         overrides.append("model=instance")
-    if group not in ("backbone", "experiment"):
+    if group not in ("backbone", "experiment", "hparams_search"):
         overrides.append("backbone=test_resnet")  # keep it small; experiments pick their own backbone
     cfg = compose_cfg(tmp_path, overrides)
-    if group == "experiment":
+    if group in ("experiment", "hparams_search"):
         with open_dict(cfg):
             cfg.backbone.pretrained = False  # no download in tests; the config itself keeps pretrained: true
     if group == "backbone":
