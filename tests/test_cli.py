@@ -68,3 +68,21 @@ def test_instance_train_eval_and_mask_size_multirun(tmp_path, shapes_root):
     for job, size in zip(jobs, (14, 28)):
         assert json.loads((job / "metrics.json").read_text())["status"] == "completed"
         assert f"head.mask_size={size}" in (job / ".hydra" / "overrides.yaml").read_text()
+
+
+@pytest.mark.slow
+def test_ddp_two_cpu_processes_log_metrics_once(tmp_path, shapes_root):
+    import csv
+
+    proc = run("train.py", "trainer=ddp", "trainer.accelerator=cpu", "trainer.devices=2",
+               f"paths.log_dir={tmp_path}/outputs", f"dataset.data_dir={shapes_root}", "dataset.num_train=24",
+               "dataset.num_val=8", "dataset.source_size=64", "dataset.seed=3", "dataset.image_size=64",
+               "dataset.batch_size=4", "dataset.num_workers=0", "backbone=test_resnet", "trainer.max_epochs=2")
+    assert "GLOBAL_RANK: 1, MEMBER: 2/2" in proc.stdout + proc.stderr  # two processes (gloo)
+    out = next((tmp_path / "outputs" / "train" / "runs").iterdir())
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["status"] == "completed"
+    assert metrics["global_step"] == 2 * 24 // (2 * 4)  # each rank sees half the data per epoch
+    rows = [r for r in csv.DictReader(open(out / "csv" / "metrics.csv")) if r["val/miou"]]
+    assert [int(r["epoch"]) for r in rows] == [0, 1]  # logged once per epoch, not once per process
+    assert (out / "checkpoints" / "last.ckpt").is_file()

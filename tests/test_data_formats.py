@@ -187,6 +187,13 @@ def test_shapes_png_and_coco_layouts_agree(shapes_root):
     assert labels <= {0, 1, 2, 3, 4, 255} and len(labels - {255}) >= 3
 
 
+def test_regenerating_with_other_parameters_leaves_no_stale_files(tmp_path):
+    generate_shapes(tmp_path, num_train=5, num_val=2, image_size=32, seed=1)
+    generate_shapes(tmp_path, num_train=3, num_val=2, image_size=32, seed=1)
+    assert sorted(p.name for p in (tmp_path / "train" / "images").iterdir()) == ["00000.png", "00001.png", "00002.png"]
+    assert len(json.loads((tmp_path / "annotations" / "instances_train.json").read_text())["images"]) == 3
+
+
 def test_shapes_generation_is_deterministic(tmp_path):
     a = generate_shapes(tmp_path / "a", num_train=3, num_val=2, image_size=32, seed=5)
     b = generate_shapes(tmp_path / "b", num_train=3, num_val=2, image_size=32, seed=5)

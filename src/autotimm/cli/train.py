@@ -58,8 +58,9 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     extra = {"best_model_path": best, "monitor": cfg.get("optimized_metric"),
              "best_model_score": float(ckpt_cb.best_model_score) if getattr(ckpt_cb, "best_model_score", None)
              is not None else None, "global_step": trainer.global_step, "status": "completed"}
-    write_metrics(out, metrics, **extra)
-    print_summary(f"final metrics ({out})", metrics)
+    if trainer.is_global_zero:  # under DDP every rank runs this function; one writes the results
+        write_metrics(out, metrics, **extra)
+        print_summary(f"final metrics ({out})", metrics)
     return {**metrics, **extra}
 
 

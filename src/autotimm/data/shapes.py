@@ -14,6 +14,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import shutil
 from pathlib import Path
 
 import cv2
@@ -93,6 +94,10 @@ def generate_shapes(root: str | Path, num_train: int = 800, num_val: int = 160, 
     if marker.is_file() and marker.read_text().strip() == stamp:
         return root
     log.info("generating shapes dataset in %s (%s)", root, params)
+    for old in (root / "train", root / "val", root / "annotations"):  # a different earlier dataset: no stale files
+        if old.is_dir():
+            shutil.rmtree(old)
+    marker.unlink(missing_ok=True)
     categories = [{"id": i, "name": n, "supercategory": "shape"} for i, n in enumerate(SHAPE_CLASSES) if i > 0]
     (root / "annotations").mkdir(parents=True, exist_ok=True)
     for split, n, split_seed in (("train", num_train, seed), ("val", num_val, seed + 1_000_003)):

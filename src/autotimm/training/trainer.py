@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 import pytorch_lightning as pl
@@ -11,6 +12,8 @@ from pytorch_lightning.loggers import Logger, WandbLogger
 
 from .callbacks import EpochSummary
 from .wandb_panels import WandbImagePanels
+
+log = logging.getLogger("autotimm")
 
 
 def auto_precision(accelerator: str | None = "auto") -> str:
@@ -69,6 +72,11 @@ class AutoTrainer(pl.Trainer):
             callbacks.append(WandbImagePanels())
         if trainer_kwargs.get("logger", True) not in (False, None, []) and not have(LearningRateMonitor):
             callbacks.append(LearningRateMonitor(logging_interval="step"))
+        accelerator = trainer_kwargs.get("accelerator", "auto")
+        on_cpu = accelerator == "cpu" or (accelerator in (None, "auto") and not torch.cuda.is_available())
+        if trainer_kwargs.get("sync_batchnorm") and on_cpu:
+            log.warning("sync_batchnorm needs CUDA; on CPU each process keeps its own BatchNorm statistics")
+            trainer_kwargs["sync_batchnorm"] = False
         if trainer_kwargs.get("precision") == "auto":
             trainer_kwargs["precision"] = auto_precision(trainer_kwargs.get("accelerator", "auto"))
         self.checkpoint_monitor = checkpoint_monitor
