@@ -1,5 +1,6 @@
 """A real offline W&B run: the files it wrote hold the config, the metric history and the image panels."""
 
+import json
 import struct
 
 import pytest
@@ -91,3 +92,23 @@ def test_sweep_runs_share_a_group(tmp_path, shapes_root, monkeypatch):
     assert runs[0].run_group == runs[1].run_group and runs[0].run_group.startswith("sweep/")
     assert {"loss.dice_weight=0.5", "loss.dice_weight=1.0"} == {
         next(t for t in r.tags if t.startswith("loss.dice_weight")) for r in runs}
+
+
+@pytest.mark.slow
+def test_resume_continues_the_same_wandb_run(tmp_path, shapes_root, monkeypatch):
+    from test_cli import run
+
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    common = ["logger=wandb", f"dataset.data_dir={shapes_root}", "dataset.num_train=24", "dataset.num_val=8",
+              "dataset.source_size=64", "dataset.seed=3", "dataset.image_size=64", "dataset.batch_size=8",
+              "dataset.num_workers=0", "backbone=test_resnet"]
+    run("train.py", *common, "trainer.max_epochs=1", f"paths.log_dir={tmp_path}/first")
+    first = next((tmp_path / "first" / "train" / "runs").iterdir())
+    run_id = (first / "wandb_run_id").read_text().strip()
+    run("train.py", *common, "trainer.max_epochs=2", f"paths.log_dir={tmp_path}/second",
+        f"ckpt_path={first / 'checkpoints' / 'last.ckpt'}")
+    second = next((tmp_path / "second" / "train" / "runs").iterdir())
+    assert (second / "wandb_run_id").read_text().strip() == run_id
+    resumed = summarize(next(second.glob("wandb/offline-run-*")))
+    assert resumed["run"].run_id == run_id
+    assert json.loads((second / "metrics.json").read_text())["global_step"] == 2 * 3

@@ -43,6 +43,23 @@ def wandb_run_defaults(cfg: DictConfig) -> None:
             if not node.get("group") and hc is not None and hc.mode == RunMode.MULTIRUN:
                 node.group = f"{cfg.get('task_name', 'sweep')}/{Path(hc.sweep.dir).name}"
             node.tags = list(node.get("tags") or []) + [o[:64] for o in overrides if not o.startswith("paths.")]
+            ckpt = cfg.get("ckpt_path")
+            id_file = Path(str(ckpt)).resolve().parents[1] / WANDB_ID_FILE if ckpt else None
+            if not node.get("id") and id_file is not None and id_file.is_file():
+                node.id = id_file.read_text().strip()  # resuming a run: continue its W&B run
+                node.resume = "allow"
+
+
+WANDB_ID_FILE = "wandb_run_id"
+
+
+def remember_wandb_id(trainer: pl.Trainer, output_dir: str | Path) -> None:
+    """Write the W&B run id into the run folder, so ``ckpt_path=<run>/checkpoints/last.ckpt`` resumes the same run."""
+    from pytorch_lightning.loggers import WandbLogger
+
+    for lg in trainer.loggers:
+        if isinstance(lg, WandbLogger) and trainer.is_global_zero:
+            (Path(output_dir) / WANDB_ID_FILE).write_text(str(lg.experiment.id))
 
 
 def finish_wandb(exit_code: int) -> None:

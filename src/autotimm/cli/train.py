@@ -18,6 +18,7 @@ from .common import (
     finish_wandb,
     log,
     print_summary,
+    remember_wandb_id,
     scalar_metrics,
     untrusted_checkpoint,
     write_metrics,
@@ -45,6 +46,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     for lg in trainer.loggers:
         lg.log_hyperparams(counts)
     out = output_dir(cfg)
+    remember_wandb_id(trainer, out)
     if cfg.get("train", True):
         log.info("training %s on %s", type(model).__name__, type(datamodule).__name__)
         with untrusted_checkpoint(cfg.get("ckpt_path")):
