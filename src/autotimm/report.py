@@ -105,17 +105,15 @@ def write_report(sweep_dir: str | Path, out_dir: str | Path | None = None) -> di
 
 
 def _plots(jobs, swept, monitor, out: Path) -> dict[str, Path]:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from matplotlib.figure import Figure  # no pyplot: no backend switch, no global state (safe in notebooks)
 
     paths = {}
     for key in swept:
         values = [j["overrides"].get(key) for j in jobs]
         numeric = all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in values)
         cats = sorted({json.dumps(v) for v in values}) if not numeric else None
-        fig, ax = plt.subplots(figsize=(5, 3.5))
+        fig = Figure(figsize=(5, 3.5))
+        ax = fig.subplots()
         ok = [(j["overrides"].get(key), j["metrics"].get(monitor)) for j in jobs if j["status"] == "completed"]
         bad = [j["overrides"].get(key) for j in jobs if j["status"] != "completed"]
         pos = (lambda v: v) if numeric else (lambda v, cats=cats: cats.index(json.dumps(v)))
@@ -133,7 +131,6 @@ def _plots(jobs, swept, monitor, out: Path) -> dict[str, Path]:
         fig.tight_layout()
         path = out / f"{key.replace('/', '_')}.png"
         fig.savefig(path, dpi=100)
-        plt.close(fig)
         paths[key] = path
     return paths
 
