@@ -20,16 +20,9 @@ def save_rgb(path, h, w, seed=0):
 
 
 def voc_palette():
-    pal = np.zeros((256, 3), np.uint8)
-    for i in range(256):  # the standard VOC bit-interleaved palette
-        c, r, g, b = i, 0, 0, 0
-        for j in range(8):
-            r |= ((c >> 0) & 1) << (7 - j)
-            g |= ((c >> 1) & 1) << (7 - j)
-            b |= ((c >> 2) & 1) << (7 - j)
-            c >>= 3
-        pal[i] = (r, g, b)
-    return pal.flatten().tolist()
+    from autotimm.inference import palette
+
+    return palette(256).flatten().tolist()  # the standard VOC bit-interleaved palette
 
 
 def datamodule(root, fmt, **kw):
