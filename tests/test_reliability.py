@@ -337,3 +337,28 @@ def test_image_size_not_usable_by_the_backbone():
     maxvit = SemanticSegmentor(FeatureBackboneConfig("test_maxvit", pretrained=False, img_size=160), num_classes=2)
     with pytest.raises(ValueError, match=r"dataset.image_size=128 is not usable by backbone test_maxvit: .*window"):
         check_image_size(maxvit, 128)
+
+
+def test_checkpoint_write_interrupted_midway_keeps_the_previous_file(tmp_path, monkeypatch):
+    from autotimm.training import AutoTrainer
+    from autotimm.training.checkpoint_io import AtomicCheckpointIO
+
+    trainer = AutoTrainer(logger=False, enable_progress_bar=False)
+    assert any(isinstance(p, AtomicCheckpointIO) for p in [trainer.strategy.checkpoint_io])
+    io = AtomicCheckpointIO()
+    path = tmp_path / "last.ckpt"
+    io.save_checkpoint({"step": 1, "w": torch.ones(1000)}, path)
+
+    real_save = torch.save
+
+    def dies_halfway(obj, f, *a, **k):
+        f.write(b"partial bytes")
+        raise KeyboardInterrupt  # the process is killed in the middle of writing
+
+    monkeypatch.setattr(torch, "save", dies_halfway)
+    with pytest.raises(KeyboardInterrupt):
+        io.save_checkpoint({"step": 2, "w": torch.zeros(1000)}, path)
+    monkeypatch.setattr(torch, "save", real_save)
+    state = torch.load(path, weights_only=True)  # the previous checkpoint, intact
+    assert state["step"] == 1 and torch.equal(state["w"], torch.ones(1000))
+    assert [p.name for p in tmp_path.iterdir()] == ["last.ckpt"]  # no temp file left behind

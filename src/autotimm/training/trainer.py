@@ -7,10 +7,12 @@ from typing import Any
 
 import pytorch_lightning as pl
 import torch
+from lightning_fabric.plugins import CheckpointIO
 from pytorch_lightning.callbacks import LearningRateMonitor, ModelCheckpoint, RichProgressBar
 from pytorch_lightning.loggers import Logger, WandbLogger
 
 from .callbacks import EpochSummary
+from .checkpoint_io import AtomicCheckpointIO
 from .wandb_panels import WandbImagePanels
 
 log = logging.getLogger("autotimm")
@@ -39,6 +41,7 @@ class AutoTrainer(pl.Trainer):
     - ``EpochSummary``: one log line per validation epoch (readable in log files and CI);
     - ``WandbImagePanels`` (with a ``WandbLogger``): validation images with prediction / ground-truth overlays.
 
+    Checkpoints are written atomically (``AtomicCheckpointIO``) unless another ``CheckpointIO`` plugin is given.
     ``precision="auto"`` picks bf16 autocast where the hardware has it (see ``auto_precision``), else fp32.
     There is no hidden learning-rate finder or other tuning: ``fit`` trains with what you passed.
 
@@ -72,6 +75,10 @@ class AutoTrainer(pl.Trainer):
             callbacks.append(WandbImagePanels())
         if trainer_kwargs.get("logger", True) not in (False, None, []) and not have(LearningRateMonitor):
             callbacks.append(LearningRateMonitor(logging_interval="step"))
+        plugins = list(trainer_kwargs.get("plugins") or [])
+        if not any(isinstance(p, CheckpointIO) for p in plugins):
+            plugins.append(AtomicCheckpointIO())  # a kill during a save never leaves a truncated checkpoint
+        trainer_kwargs["plugins"] = plugins
         accelerator = trainer_kwargs.get("accelerator", "auto")
         on_cpu = accelerator == "cpu" or (accelerator in (None, "auto") and not torch.cuda.is_available())
         if trainer_kwargs.get("sync_batchnorm") and on_cpu:
