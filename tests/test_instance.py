@@ -90,6 +90,45 @@ def test_postprocess_nms_per_class_and_top_k_per_image():
     assert torch.allclose(boxes[0], torch.tensor([0.0, 0.0, 16.0, 16.0]))
 
 
+def test_postprocess_nms_never_crosses_images_or_classes():
+    """Identical boxes survive NMS when they belong to different images or classes; within one image and class the
+    lower-scored duplicate goes. (Per-image NMS uses image-size offsets; the offset boxes must never overlap.)"""
+    points = torch.tensor([[60.0, 60.0], [60.0, 60.0]])  # two locations with the same box, at the image corner
+    strides = torch.full((2,), 8.0)
+    reg = torch.full((3, 2, 4), 0.5)  # 8x8 boxes: [56, 56, 64, 64], touching the 64x64 image's corner
+    cls = torch.full((3, 2, 2), -10.0)
+    cls[0, 0, 0], cls[0, 1, 0] = 3.0, 2.0  # image 0: same class twice -> one kept
+    cls[1, 0, 0], cls[1, 0, 1] = 3.0, 2.0  # image 1: two classes -> both kept
+    cls[2, 0, 1] = 1.0  # image 2: the same box again
+    ctr = torch.full((3, 2), 10.0)
+    img, boxes, scores, labels = postprocess(cls, reg, ctr, points, strides, (64, 64), score_thresh=0.3)
+    assert img.tolist() == [0, 1, 1, 2] and labels.tolist() == [0, 0, 1, 1]
+    assert torch.equal(boxes, torch.tensor([[56.0, 56.0, 64.0, 64.0]]).expand(4, 4))
+
+
+def test_mask_head_pooling_equals_torchvision_multiscale_roi_align():
+    from collections import OrderedDict
+
+    from torchvision.ops import MultiScaleRoIAlign
+
+    from autotimm.heads.mask import MaskHead
+
+    torch.manual_seed(0)
+    head = MaskHead(8, 3, roi_pool_size=7)
+    feats = OrderedDict(p3=torch.randn(2, 8, 128, 96), p4=torch.randn(2, 8, 64, 48), p5=torch.randn(2, 8, 32, 24))
+    boxes = []
+    for n in (9, 6):
+        xy, wh = torch.rand(n, 2) * 200, torch.rand(n, 2) * 300 + 4
+        wh[:3] = torch.tensor([[20.0, 20.0], [120.0, 120.0], [250.0, 250.0]])  # one box per level, by its size
+        boxes.append(torch.cat([xy, xy + wh], 1))
+    levels = head.level_mapper([torch.cat(boxes)])
+    assert set(levels.tolist()) == {0, 1, 2}  # every level is used
+    want = MultiScaleRoIAlign(["p3", "p4", "p5"], 7, 1)(feats, boxes, [(512, 384)] * 2)
+    assert torch.equal(head.pool(feats, boxes), want)
+    flat = torch.cat([torch.tensor([[0.0]] * 9 + [[1.0]] * 6), torch.cat(boxes)], 1)
+    assert torch.equal(head.pool_rois(feats, flat), want)
+
+
 def test_paste_masks_exact_on_pixel_grid():
     probs = torch.ones(2, 7, 7)
     boxes = torch.tensor([[2.0, 3.0, 6.0, 5.0], [0.0, 0.0, 10.0, 10.0]])

@@ -12,12 +12,14 @@ of one (benchmarks/bench_instance.py).
 
 from __future__ import annotations
 
+import math
 from collections import OrderedDict
 
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torchvision.ops import MultiScaleRoIAlign
+from torchvision.ops import roi_align
+from torchvision.ops.poolers import LevelMapper
 
 
 class Upsample2x(nn.Module):
@@ -44,13 +46,17 @@ class MaskHead(nn.Module):
         mask_channels: width of the pooled ROI features and the per-ROI convs.
         roi_convs: 3x3 convs run per ROI (at ``mask_channels``) before the deconv to per-class logits.
         featmap_names: FPN levels ROIs are pooled from; each box goes to the level that fits its size.
-    ``features(pyramid)`` -> conv'd levels (once per image); ``pool(mask_features, boxes, image_size)`` -> ROI
-    features [N, mask_channels, roi, roi]; ``forward(roi_features)`` -> logits [N, C, mask_size, mask_size].
+        featmap_strides: those levels' strides in the pyramid (default 8, 16, 32); the mask features are at half.
+    ``features(pyramid)`` -> conv'd levels (once per image); ``pool(mask_features, boxes, image_size)`` (a list of
+    per-image boxes) or ``pool_rois(mask_features, rois)`` (``[K, 5]``: image index, x1, y1, x2, y2) -> ROI features
+    [K, mask_channels, roi, roi]; ``forward(roi_features)`` -> logits [K, C, mask_size, mask_size];
+    ``mask_probs(mask_features, image_index, boxes, labels)`` -> each detection's mask probabilities [K, M, M].
     """
 
     def __init__(self, in_channels: int, num_classes: int, mask_size: int = 28, roi_pool_size: int = 14,
                  num_convs: int = 4, conv_channels: int = 256, mask_channels: int = 32, roi_convs: int = 1,
-                 featmap_names: list[str] | None = None, sampling_ratio: int = 1):
+                 featmap_names: list[str] | None = None, sampling_ratio: int = 1,
+                 featmap_strides: list[float] | None = None):
         super().__init__()
         if int(mask_size) < 1 or int(roi_pool_size) < 1:
             raise ValueError(f"mask_size and roi_pool_size must be >= 1, got {mask_size}, {roi_pool_size}")
@@ -58,7 +64,15 @@ class MaskHead(nn.Module):
             raise ValueError(f"num_convs must be >= 1, got {num_convs}")
         self.mask_size, self.roi_pool_size = int(mask_size), int(roi_pool_size)
         self.featmap_names = list(featmap_names or ["p3", "p4", "p5"])
-        self.roi_align = MultiScaleRoIAlign(self.featmap_names, self.roi_pool_size, sampling_ratio)
+        strides = list(featmap_strides or [8, 16, 32][: len(self.featmap_names)])
+        if len(strides) != len(self.featmap_names):
+            raise ValueError(f"featmap_strides {strides} must give one stride per level of {self.featmap_names}")
+        # the shared 2x upsampling halves the strides; levels are picked by the FPN paper's rule (eq. 1, canonical
+        # 224 px at level 4) as torchvision's MultiScaleRoIAlign does, with the scales given, not inferred
+        self.scales = [2.0 / s for s in strides]
+        self.sampling_ratio = int(sampling_ratio)
+        k = [int(round(math.log2(s / 2))) for s in strides]
+        self.level_mapper = LevelMapper(k[0], k[-1])
         layers, ch = [], in_channels
         for i in range(num_convs):
             out = mask_channels if i == num_convs - 1 else conv_channels
@@ -83,12 +97,39 @@ class MaskHead(nn.Module):
         return OrderedDict((k, self.upsample(self.convs(pyramid[k]))) for k in self.featmap_names)
 
     def pool(self, mask_features: OrderedDict[str, torch.Tensor], boxes: list[torch.Tensor],
-             image_size: tuple[int, int]) -> torch.Tensor:
-        return self.roi_align(mask_features, boxes, [tuple(image_size)] * len(boxes))
+             image_size: tuple[int, int] | None = None) -> torch.Tensor:
+        """ROI features for per-image box lists (``image_size`` is accepted for compatibility; scales are known)."""
+        ref = next(iter(mask_features.values()))
+        idx = torch.cat([torch.full((len(b), 1), float(i), device=ref.device) for i, b in enumerate(boxes)])
+        return self.pool_rois(mask_features, torch.cat([idx, torch.cat(boxes).to(ref.device).float()], 1))
+
+    def pool_rois(self, mask_features: OrderedDict[str, torch.Tensor], rois: torch.Tensor) -> torch.Tensor:
+        """Multi-scale ROIAlign of ``rois [K, 5]`` (image index, x1, y1, x2, y2): each ROI is pooled from the level
+        its size maps to, and the per-level results are scattered back in ROI order (a scatter, not an indexed
+        copy, so it traces to TorchScript/ONNX and back-propagates)."""
+        feats = [mask_features[k] for k in self.featmap_names]
+        size = (self.roi_pool_size, self.roi_pool_size)
+        if len(feats) == 1:
+            return roi_align(feats[0], rois, size, self.scales[0], self.sampling_ratio)
+        levels = self.level_mapper([rois[:, 1:]])
+        out = torch.zeros((rois.shape[0], feats[0].shape[1], *size), dtype=feats[0].dtype, device=rois.device)
+        for level, (f, scale) in enumerate(zip(feats, self.scales)):  # a loop over the 3 pyramid levels
+            idx = torch.where(levels == level)[0]
+            pooled = roi_align(f, rois[idx], size, scale, self.sampling_ratio).to(out.dtype)
+            out = out.scatter(0, idx.view(-1, 1, 1, 1).expand_as(pooled), pooled)
+        return out
+
+    def mask_probs(self, mask_features: OrderedDict[str, torch.Tensor], image_index: torch.Tensor,
+                   boxes: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        """Mask probabilities [K, M, M] of each detection's own class."""
+        rois = torch.cat([image_index[:, None].to(boxes.dtype), boxes], 1)
+        logits = self(self.pool_rois(mask_features, rois))
+        idx = labels[:, None, None, None].expand(-1, 1, logits.shape[2], logits.shape[3])
+        return torch.sigmoid(logits.gather(1, idx)[:, 0].float())
 
     def forward(self, roi_features: torch.Tensor) -> torch.Tensor:
         logits = self.predictor(self.roi_convs(roi_features))
-        if logits.shape[-1] != self.mask_size:
+        if 2 * self.roi_pool_size != self.mask_size:  # a Python constant, so traces do not branch on shapes
             logits = F.interpolate(logits, size=(self.mask_size, self.mask_size), mode="bilinear",
                                    align_corners=False)
         return logits

@@ -7,22 +7,28 @@ padded to ``[B, N]`` with a validity mask, so assignment is a handful of ``[B, P
 from __future__ import annotations
 
 import torch
-from torchvision.ops import batched_nms
+from torchvision.ops import nms
 
 INF = float("inf")
 # FCOS size ranges of the regression targets' max side per level (P3..P7)
 DEFAULT_RANGES = ((0, 64), (64, 128), (128, 256), (256, 512), (512, INF))
 
 
-def make_points(feature_sizes: list[tuple[int, int]], strides: list[int], device=None):
-    """Location centres of every level: points [P, 2] (x, y), strides [P], level index [P]."""
+def make_points(feature_sizes, strides: list[int], device=None):
+    """Location centres of every level: points [P, 2] (x, y), strides [P], level index [P].
+
+    Sizes may be the 0-dim tensors ``Tensor.shape`` gives while tracing, so an exported graph follows the input
+    size (no ``torch.full`` with a size, which would freeze it)."""
     pts, strd, lvl = [], [], []
     for level, ((h, w), s) in enumerate(zip(feature_sizes, strides)):
-        ys, xs = torch.meshgrid(torch.arange(h, device=device), torch.arange(w, device=device), indexing="ij")
-        pts.append(torch.stack([(xs.flatten() + 0.5) * s, (ys.flatten() + 0.5) * s], 1))
-        strd.append(torch.full((h * w,), float(s), device=device))
-        lvl.append(torch.full((h * w,), level, device=device, dtype=torch.long))
-    return torch.cat(pts).float(), torch.cat(strd), torch.cat(lvl)
+        ys = (torch.arange(h, device=device, dtype=torch.float32) + 0.5) * s
+        xs = (torch.arange(w, device=device, dtype=torch.float32) + 0.5) * s
+        yy, xx = torch.meshgrid(ys, xs, indexing="ij")
+        xx, yy = xx.reshape(-1), yy.reshape(-1)
+        pts.append(torch.stack([xx, yy], 1))
+        strd.append(torch.full_like(xx, float(s)))
+        lvl.append(torch.full_like(xx, level, dtype=torch.long))
+    return torch.cat(pts), torch.cat(strd), torch.cat(lvl)
 
 
 def level_ranges(num_levels: int, level: torch.Tensor) -> torch.Tensor:
@@ -85,50 +91,63 @@ def decode_boxes(points: torch.Tensor, strides: torch.Tensor, reg: torch.Tensor)
     return torch.cat([points - d[..., :2], points + d[..., 2:]], dim=-1)
 
 
+def _limits(image_size, like: torch.Tensor) -> torch.Tensor:
+    """(h, w) -> [w, h, w, h]; h and w are ints eagerly, 0-dim tensors while tracing (kept dynamic)."""
+    h, w = image_size
+    if isinstance(h, torch.Tensor):
+        return torch.stack([w, h, w, h]).to(like)
+    return like.new_tensor([w, h, w, h])
+
+
+def _top_k(x: torch.Tensor, k: int):
+    """min(k, x.shape[1]), as a traced value when tracing (so a smaller input does not ask topk for too many)."""
+    n = x.shape[1]
+    return torch.clamp(n, max=k) if isinstance(n, torch.Tensor) else min(k, n)
+
+
 def postprocess(cls_logits, reg, ctr_logits, points, strides, image_size, score_thresh: float = 0.05,
                 nms_thresh: float = 0.5, max_detections: int = 100, pre_nms_top_k: int = 1000):
-    """Scores sqrt(sigmoid(cls) * sigmoid(ctr)), per-image pre-NMS top-k, per-image-per-class NMS in one
-    ``batched_nms`` call, then the per-image top ``max_detections``.
+    """Scores sqrt(sigmoid(cls) * sigmoid(ctr)), per-image pre-NMS top-k, NMS per image and class in one call, then
+    the per-image top ``max_detections``.
 
-    Returns flat tensors over the batch: image index [D], boxes [D, 4], scores [D], labels [D].
+    Returns flat tensors over the batch, grouped by image and by descending score within an image: image index
+    [D], boxes [D, 4] (clamped to the image), scores [D], labels [D]. Written without Python control flow on data
+    (no ``.item()``, no loops over images or detections), so it traces into TorchScript and ONNX with a dynamic
+    batch, image size and number of detections: per-image NMS uses offsets of the image size (x by class, y by
+    image; the offset boxes never overlap across groups), the per-image rank is a cumulative count.
     """
-    B, P, C = cls_logits.shape
+    B, C = cls_logits.shape[0], cls_logits.shape[2]
     scores = (torch.sigmoid(cls_logits.float()) * torch.sigmoid(ctr_logits.float())[..., None]).sqrt()
-    flat = scores.reshape(B, P * C)
-    k = min(pre_nms_top_k, P * C)
-    top_scores, top_idx = flat.topk(k, dim=1)
+    flat = scores.reshape(B, -1)
+    top_scores, top_idx = flat.topk(_top_k(flat, pre_nms_top_k), dim=1)
     keep = top_scores > score_thresh
-    img = torch.arange(B, device=flat.device)[:, None].expand(B, k)[keep]
+    img = torch.arange(B, device=flat.device)[:, None].expand_as(top_idx)[keep]
     cand, sc = top_idx[keep], top_scores[keep]
-    loc, label = cand // C, cand % C
-    boxes = decode_boxes(points, strides, reg.float())[img, loc]
-    h, w = image_size
-    boxes = torch.stack([boxes[:, 0].clamp(0, w), boxes[:, 1].clamp(0, h), boxes[:, 2].clamp(0, w),
-                         boxes[:, 3].clamp(0, h)], 1)
+    loc, label = torch.div(cand, C, rounding_mode="floor"), cand % C
+    all_boxes = decode_boxes(points, strides, reg.float())  # [B, P, 4]
+    boxes = all_boxes.reshape(-1, 4)[img * all_boxes.shape[1] + loc]
+    limits = _limits(image_size, boxes)
+    boxes = torch.minimum(boxes.clamp(min=0), limits)
     nonempty = (boxes[:, 2] > boxes[:, 0]) & (boxes[:, 3] > boxes[:, 1])
     img, boxes, sc, label = img[nonempty], boxes[nonempty], sc[nonempty], label[nonempty]
-    kept = batched_nms(boxes, sc, img * C + label, nms_thresh)  # sorted by score, descending
+    span = limits.max() + 1
+    offsets = torch.stack([label, img, label, img], 1).to(boxes) * span
+    kept = nms(boxes + offsets, sc, nms_thresh)  # sorted by score, descending
     img, boxes, sc, label = img[kept], boxes[kept], sc[kept], label[kept]
-    order = torch.sort(img, stable=True).indices  # group by image, score order kept within each
-    img, boxes, sc, label = img[order], boxes[order], sc[order], label[order]
-    counts = torch.bincount(img, minlength=B)
-    starts = torch.cumsum(counts, 0) - counts
-    rank = torch.arange(len(img), device=img.device) - starts[img]
+    onehot = (img[:, None] == torch.arange(B, device=img.device)[None]).long()  # [D, B]
+    rank = (onehot.cumsum(0) * onehot).sum(1) - 1  # position within its image, in score order
     top = rank < max_detections
-    return img[top], boxes[top], sc[top], label[top]
+    img, boxes, sc, label, rank = img[top], boxes[top], sc[top], label[top], rank[top]
+    order = torch.argsort(img * max_detections + rank)  # unique keys: group by image, score order kept
+    return img[order], boxes[order], sc[order], label[order]
 
 
 def _interp_weights(coord: torch.Tensor, size: int) -> torch.Tensor:
-    """Bilinear weights [N, L, size] for continuous mask-pixel coordinates [N, L]; taps outside the mask are zero
-    (``grid_sample``'s zero padding with ``align_corners=False``)."""
-    i0 = torch.floor(coord)
-    frac = coord - i0
-    i0 = i0.long()
-    w = coord.new_zeros((*coord.shape, size))
-    for idx, wt in ((i0, 1 - frac), (i0 + 1, frac)):  # the two taps of linear interpolation
-        valid = (idx >= 0) & (idx < size)
-        w.scatter_add_(2, idx.clamp(0, size - 1)[..., None], (wt * valid)[..., None])
-    return w
+    """Bilinear weights [N, L, size] for continuous mask-pixel coordinates [N, L]: the hat function
+    ``max(0, 1 - |coord - j|)`` over mask pixels j, i.e. the two taps of linear interpolation, and zero for taps
+    outside the mask (``grid_sample``'s zero padding with ``align_corners=False``)."""
+    taps = torch.arange(size, device=coord.device, dtype=coord.dtype)
+    return (1 - (coord[..., None] - taps).abs()).clamp(min=0)
 
 
 def paste_masks(mask_probs: torch.Tensor, boxes: torch.Tensor, height: int, width: int) -> torch.Tensor:
@@ -137,9 +156,7 @@ def paste_masks(mask_probs: torch.Tensor, boxes: torch.Tensor, height: int, widt
     Bilinear resampling is separable: ``out[n] = Wy[n] @ mask[n] @ Wx[n].T`` with per-box interpolation matrices, two
     batched matmuls for all detections instead of sampling every image pixel per detection.
     """
-    n, m = mask_probs.shape[0], mask_probs.shape[-1]
-    if n == 0:
-        return mask_probs.new_zeros((0, height, width))
+    m = mask_probs.shape[-1]
     x1, y1, x2, y2 = boxes.float().unbind(1)
     bw, bh = (x2 - x1).clamp(min=1e-6), (y2 - y1).clamp(min=1e-6)
     xs = torch.arange(width, device=boxes.device, dtype=torch.float32) + 0.5

@@ -93,7 +93,7 @@ class InstanceSegmentor(BaseTask):
         self.head = FCOSHead(fpn_channels, num_classes, head_num_convs, num_levels=len(self.fpn.strides))
         self.mask_head = MaskHead(fpn_channels, num_classes, mask_size, roi_pool_size, mask_num_convs,
                                   conv_channels=fpn_channels, mask_channels=mask_channels,
-                                  featmap_names=self.fpn.names[:3])
+                                  featmap_names=self.fpn.names[:3], featmap_strides=self.fpn.strides[:3])
         self.det_loss = FCOSLoss(focal_alpha, focal_gamma, cls_loss_weight, reg_loss_weight, centerness_loss_weight)
         self.mask_loss = MaskLoss()
         self.mask_loss_weight = mask_loss_weight
@@ -166,13 +166,9 @@ class InstanceSegmentor(BaseTask):
         B = out["cls"].shape[0]
         img, boxes, scores, labels = postprocess(out["cls"], out["reg"], out["ctr"], out["points"], out["strides"],
                                                  image_size, self.score_thresh, self.nms_thresh, self.max_detections)
+        probs = self.mask_head.mask_probs(out["mask_features"], img, boxes, labels)
         counts = torch.bincount(img, minlength=B).tolist()
-        per_img = list(torch.split(boxes, counts))
-        if len(boxes):
-            logits = self.mask_head(self.mask_head.pool(out["mask_features"], per_img, image_size))
-            probs = torch.sigmoid(logits[torch.arange(len(labels), device=labels.device), labels].float())
-        else:
-            probs = boxes.new_zeros((0, self.mask_head.mask_size, self.mask_head.mask_size))
+        per_img = torch.split(boxes, counts)
         results = []
         for i, (b, s, lab, p) in enumerate(zip(per_img, torch.split(scores, counts), torch.split(labels, counts),
                                                torch.split(probs, counts))):
