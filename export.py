@@ -1,7 +1,7 @@
 """Export a checkpoint: ``python export.py ckpt_path=... format=torchscript|onnx [output=...]``.
 
-Semantic models export the whole pipeline: normalised images [B,3,H,W] -> class ids [B,H,W] at the input resolution
-(dynamic batch and size). Instance export is not available yet.
+The whole pipeline, dynamic batch and size: semantic -> class ids [B,H,W] at the input resolution; instance ->
+image_index, boxes, scores, labels, masks after NMS (flat over the batch). See autotimm.export.
 """
 
 import os

@@ -1,4 +1,14 @@
-"""Export a semantic model's whole pipeline (image -> class map at input resolution) to TorchScript or ONNX."""
+"""Export a model's whole pipeline to TorchScript or ONNX.
+
+Semantic: normalised images [B,3,H,W] -> class ids [B,H,W] at the input resolution.
+Instance: normalised images [B,3,H,W] -> detections after NMS as flat tensors over the batch (grouped by image,
+by descending score within an image): ``image_index [D]`` (int64), ``boxes [D,4]`` (xyxy, input pixels), ``scores
+[D]``, ``labels [D]`` (int64, 0..C-1) and ``masks [D,H,W]`` (uint8 0/1 at the input resolution).
+
+Both are traced (``torch.jit.trace`` / ``torch.onnx.export(dynamo=False)``) from code written without Python
+control flow on data, so batch size, image size and the number of detections stay dynamic; NMS and ROIAlign
+export as ONNX ``NonMaxSuppression`` / ``RoiAlign`` (torchvision's symbolics, opset 17).
+"""
 
 from __future__ import annotations
 
@@ -7,6 +17,10 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from .tasks.fcos import make_points, paste_masks, postprocess
+
+INSTANCE_OUTPUTS = ["image_index", "boxes", "scores", "labels", "masks"]
 
 
 class SemanticExport(nn.Module):
@@ -23,10 +37,78 @@ class SemanticExport(nn.Module):
         return logits.argmax(1)
 
 
-def export_semantic(model, path: str | Path, fmt: str = "torchscript", image_size: int = 128) -> Path:
-    """Write ``path`` (``.pt`` TorchScript or ``.onnx`` with dynamic batch/height/width); return it."""
+class InstanceExport(nn.Module):
+    """Normalised images [B,3,H,W] -> (image_index, boxes, scores, labels, masks) after NMS; the same functions as
+    ``InstanceSegmentor.predict`` (``postprocess``, ``MaskHead.mask_probs``, ``paste_masks``), flat over the batch.
+    Holds only the networks and the thresholds (no Lightning state)."""
+
+    def __init__(self, model):
+        super().__init__()
+        self.backbone, self.fpn, self.head, self.mask_head = model.backbone, model.fpn, model.head, model.mask_head
+        self.strides = list(model.fpn.strides)
+        self.score_thresh, self.nms_thresh = float(model.score_thresh), float(model.nms_thresh)
+        self.max_detections, self.mask_threshold = int(model.max_detections), float(model.mask_threshold)
+
+    def forward(self, images: torch.Tensor):
+        pyramid = self.fpn(self.backbone(images))
+        levels = list(pyramid.values())
+        cls, reg, ctr = self.head(levels)
+        points, strides, _ = make_points([f.shape[-2:] for f in levels], self.strides, images.device)
+        size = images.shape[-2:]
+        img, boxes, scores, labels = postprocess(cls, reg, ctr, points, strides, size, self.score_thresh,
+                                                 self.nms_thresh, self.max_detections)
+        probs = self.mask_head.mask_probs(self.mask_head.features(pyramid), img, boxes, labels)
+        masks = (paste_masks(probs, boxes, size[0], size[1]) >= self.mask_threshold).to(torch.uint8)
+        return img, boxes, scores, labels, masks
+
+
+def export_model(model, path: str | Path, fmt: str = "torchscript", image_size: int = 128) -> Path:
+    """Export a ``SemanticSegmentor`` or an ``InstanceSegmentor`` to ``path`` (``.pt`` TorchScript or ``.onnx``)."""
+    from .tasks import InstanceSegmentor
+
+    if isinstance(model, InstanceSegmentor):
+        return export_instance(model, path, fmt, image_size)
+    return export_semantic(model, path, fmt, image_size)
+
+
+def _check_format(fmt: str) -> None:
     if fmt not in ("torchscript", "onnx"):
         raise ValueError(f"format: unknown {fmt!r}; valid: ['onnx', 'torchscript']")
+
+
+def export_instance(model, path: str | Path, fmt: str = "torchscript", image_size: int = 128) -> Path:
+    """Write ``path``: TorchScript (traced) or ONNX (opset 17; dynamic batch, height, width and detections)."""
+    _check_format(fmt)
+    wrapper = InstanceExport(model).eval()
+    example = torch.randn(2, 3, image_size, image_size)
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with torch.no_grad():
+        if fmt == "torchscript":
+            torch.jit.trace(wrapper, example, check_trace=False).save(str(path))
+        else:
+            _onnx(wrapper, example, path, model, INSTANCE_OUTPUTS,
+                  {"images": {0: "batch", 2: "height", 3: "width"}, "image_index": {0: "detections"},
+                   "boxes": {0: "detections"}, "scores": {0: "detections"}, "labels": {0: "detections"},
+                   "masks": {0: "detections", 1: "height", 2: "width"}})
+    return path
+
+
+def _onnx(wrapper, example, path: Path, model, output_names: list[str], dynamic_axes: dict) -> None:
+    """Legacy (TorchScript-based) ONNX export at opset 17; an operator ONNX lacks is reported with the backbone."""
+    try:
+        torch.onnx.export(wrapper, (example,), str(path), dynamo=False, opset_version=17, input_names=["images"],
+                          output_names=output_names, dynamic_axes=dynamic_axes)
+    except torch.onnx.errors.UnsupportedOperatorError as e:
+        path.unlink(missing_ok=True)
+        name = getattr(getattr(getattr(model, "backbone", None), "config", None), "model_name", "?")
+        raise RuntimeError(f"format=onnx: cannot export this model (backbone {name}): {e}. Use format=torchscript, "
+                           f"which supports every op") from e
+
+
+def export_semantic(model, path: str | Path, fmt: str = "torchscript", image_size: int = 128) -> Path:
+    """Write ``path`` (``.pt`` TorchScript or ``.onnx`` with dynamic batch/height/width); return it."""
+    _check_format(fmt)
     wrapper = SemanticExport(model).eval()
     example = torch.randn(1, 3, image_size, image_size)
     path = Path(path)
@@ -35,8 +117,6 @@ def export_semantic(model, path: str | Path, fmt: str = "torchscript", image_siz
         if fmt == "torchscript":
             torch.jit.trace(wrapper, example, check_trace=False).save(str(path))
         else:
-            torch.onnx.export(wrapper, (example,), str(path), dynamo=False, opset_version=17,
-                              input_names=["images"], output_names=["classes"],
-                              dynamic_axes={"images": {0: "batch", 2: "height", 3: "width"},
-                                            "classes": {0: "batch", 1: "height", 2: "width"}})
+            _onnx(wrapper, example, path, model, ["classes"],
+                  {"images": {0: "batch", 2: "height", 3: "width"}, "classes": {0: "batch", 1: "height", 2: "width"}})
     return path

@@ -6,7 +6,7 @@ from pathlib import Path
 
 from omegaconf import DictConfig
 
-from ..export import export_semantic
+from ..export import INSTANCE_OUTPUTS, export_model
 from ..tasks import InstanceSegmentor
 from .common import log
 from .predict import load_task
@@ -18,12 +18,13 @@ def export(cfg: DictConfig) -> Path:
         raise FileNotFoundError(f"ckpt_path: {ckpt} does not exist")
     fmt = str(cfg.format)
     model = load_task(ckpt)
-    if isinstance(model, InstanceSegmentor):
-        raise NotImplementedError("export: instance checkpoints cannot be exported yet (semantic only); use "
-                                  "predict.py or InstanceSegmentor.predict for instance models")
     suffix = ".pt" if fmt == "torchscript" else ".onnx"
     out = Path(str(cfg.output)) if cfg.get("output") else ckpt.with_suffix(suffix)
-    path = export_semantic(model, out, fmt, int(cfg.image_size))
-    log.info("exported %s to %s (%s): normalised images [B,3,H,W] -> class ids [B,H,W]", ckpt.name, path, fmt)
+    path = export_model(model, out, fmt, int(cfg.image_size))
+    if isinstance(model, InstanceSegmentor):
+        what = f"normalised images [B,3,H,W] -> {', '.join(INSTANCE_OUTPUTS)} (flat over the batch, after NMS)"
+    else:
+        what = "normalised images [B,3,H,W] -> class ids [B,H,W]"
+    log.info("exported %s to %s (%s): %s", ckpt.name, path, fmt, what)
     print(path)
     return path
