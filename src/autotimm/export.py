@@ -66,9 +66,13 @@ def export_model(model, path: str | Path, fmt: str = "torchscript", image_size: 
     """Export a ``SemanticSegmentor`` or an ``InstanceSegmentor`` to ``path`` (``.pt`` TorchScript or ``.onnx``)."""
     from .tasks import InstanceSegmentor
 
-    if isinstance(model, InstanceSegmentor):
-        return export_instance(model, path, fmt, image_size)
-    return export_semantic(model, path, fmt, image_size)
+    was_training = model.training  # the wrappers share the model's modules and switch them to eval to trace
+    try:
+        if isinstance(model, InstanceSegmentor):
+            return export_instance(model, path, fmt, image_size)
+        return export_semantic(model, path, fmt, image_size)
+    finally:
+        model.train(was_training)
 
 
 def _check_format(fmt: str) -> None:
