@@ -115,3 +115,16 @@ def test_onnx_export_of_an_unsupported_op_names_the_backbone(tmp_path):
     path = export_model(model, tmp_path / "v.pt", "torchscript", image_size=64)
     x = torch.randn(1, 3, 96, 128)
     assert torch.equal(torch.jit.load(str(path))(x), model.predict(x))
+
+
+def test_export_bad_input_names_the_field(tmp_path):
+    from omegaconf import OmegaConf
+
+    from autotimm.cli.export import export
+
+    with pytest.raises(ValueError, match=r"format: unknown 'tflite'; valid: \['onnx', 'torchscript'\]"):
+        export_model(SemanticSegmentor(TINY, num_classes=2), tmp_path / "m.tflite", "tflite")
+    cfg = OmegaConf.create({"ckpt_path": str(tmp_path / "missing.ckpt"), "format": "onnx", "output": None,
+                            "image_size": 64})
+    with pytest.raises(FileNotFoundError, match="ckpt_path: .*missing.ckpt does not exist"):
+        export(cfg)

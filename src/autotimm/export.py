@@ -75,52 +75,42 @@ def export_model(model, path: str | Path, fmt: str = "torchscript", image_size: 
         model.train(was_training)
 
 
-def _check_format(fmt: str) -> None:
-    if fmt not in ("torchscript", "onnx"):
-        raise ValueError(f"format: unknown {fmt!r}; valid: ['onnx', 'torchscript']")
+IMAGES_AXES = {0: "batch", 2: "height", 3: "width"}
 
 
 def export_instance(model, path: str | Path, fmt: str = "torchscript", image_size: int = 128) -> Path:
     """Write ``path``: TorchScript (traced) or ONNX (opset 17; dynamic batch, height, width and detections)."""
-    _check_format(fmt)
-    wrapper = InstanceExport(model).eval()
-    example = torch.randn(2, 3, image_size, image_size)
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with torch.no_grad():
-        if fmt == "torchscript":
-            torch.jit.trace(wrapper, example, check_trace=False).save(str(path))
-        else:
-            _onnx(wrapper, example, path, model, INSTANCE_OUTPUTS,
-                  {"images": {0: "batch", 2: "height", 3: "width"}, "image_index": {0: "detections"},
-                   "boxes": {0: "detections"}, "scores": {0: "detections"}, "labels": {0: "detections"},
-                   "masks": {0: "detections", 1: "height", 2: "width"}})
-    return path
-
-
-def _onnx(wrapper, example, path: Path, model, output_names: list[str], dynamic_axes: dict) -> None:
-    """Legacy (TorchScript-based) ONNX export at opset 17; an operator ONNX lacks is reported with the backbone."""
-    try:
-        torch.onnx.export(wrapper, (example,), str(path), dynamo=False, opset_version=17, input_names=["images"],
-                          output_names=output_names, dynamic_axes=dynamic_axes)
-    except torch.onnx.errors.UnsupportedOperatorError as e:
-        path.unlink(missing_ok=True)
-        name = getattr(getattr(getattr(model, "backbone", None), "config", None), "model_name", "?")
-        raise RuntimeError(f"format=onnx: cannot export this model (backbone {name}): {e}. Use format=torchscript, "
-                           f"which supports every op") from e
+    axes = {name: {0: "detections"} for name in INSTANCE_OUTPUTS}
+    axes["masks"] = {0: "detections", 1: "height", 2: "width"}
+    return _export(InstanceExport(model), model, path, fmt, torch.randn(2, 3, image_size, image_size),
+                   INSTANCE_OUTPUTS, axes)
 
 
 def export_semantic(model, path: str | Path, fmt: str = "torchscript", image_size: int = 128) -> Path:
     """Write ``path`` (``.pt`` TorchScript or ``.onnx`` with dynamic batch/height/width); return it."""
-    _check_format(fmt)
-    wrapper = SemanticExport(model).eval()
-    example = torch.randn(1, 3, image_size, image_size)
+    return _export(SemanticExport(model), model, path, fmt, torch.randn(1, 3, image_size, image_size),
+                   ["classes"], {"classes": {0: "batch", 1: "height", 2: "width"}})
+
+
+def _export(wrapper: nn.Module, model, path: str | Path, fmt: str, example: torch.Tensor, output_names: list[str],
+            output_axes: dict) -> Path:
+    """Trace ``wrapper`` on ``example`` into TorchScript, or export it to ONNX (legacy TorchScript-based exporter,
+    opset 17, dynamic axes); an operator ONNX lacks is reported with the backbone's name."""
+    if fmt not in ("torchscript", "onnx"):
+        raise ValueError(f"format: unknown {fmt!r}; valid: ['onnx', 'torchscript']")
+    wrapper.eval()
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     with torch.no_grad():
         if fmt == "torchscript":
             torch.jit.trace(wrapper, example, check_trace=False).save(str(path))
-        else:
-            _onnx(wrapper, example, path, model, ["classes"],
-                  {"images": {0: "batch", 2: "height", 3: "width"}, "classes": {0: "batch", 1: "height", 2: "width"}})
+            return path
+        try:
+            torch.onnx.export(wrapper, (example,), str(path), dynamo=False, opset_version=17, input_names=["images"],
+                              output_names=output_names, dynamic_axes={"images": IMAGES_AXES, **output_axes})
+        except torch.onnx.errors.UnsupportedOperatorError as e:
+            path.unlink(missing_ok=True)
+            name = getattr(getattr(getattr(model, "backbone", None), "config", None), "model_name", "?")
+            raise RuntimeError(f"format=onnx: cannot export this model (backbone {name}): {e}. Use "
+                               f"format=torchscript, which supports every op") from e
     return path
