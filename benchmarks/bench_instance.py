@@ -85,7 +85,7 @@ def bench_public(args):
 
 def bench_ours(args):
     from autotimm import FeatureBackboneConfig, InstanceSegmentor
-    from autotimm.tasks.fcos import assign_targets, level_ranges, make_points, pad_targets
+    from autotimm.models.fcos import assign_targets, level_ranges, make_points, pad_targets
 
     images, boxes, labels, masks = synthetic_batch(args.batch, args.size)
     targets = [{"boxes": b, "labels": lab, "masks": m, "iscrowd": torch.zeros(len(b), dtype=torch.bool)}
@@ -123,18 +123,64 @@ def bench_ours(args):
         sec = time_steps(lambda p=points, s=strd, r=ranges, g=gt: assign_targets(p, s, r, *g), 50)
         print(f"| {size} | {len(points)} | {sec * 1000:.2f} |")
 
-    print("\npredict (batch 1, 128x128, resnet18, masks pasted at input size):\n")
-    print("| detections | ms per image |")
-    print("|---:|---:|")
-    times = {}
+    bench_mask_heads(args)
+
+
+MASK_HEADS = {"mask (Mask R-CNN per-ROI, default)": {"_target_": "autotimm.heads.MaskHead"},
+              "mask_shared (shared convs)": {"_target_": "autotimm.heads.SharedMaskHead"}}
+
+
+def bench_mask_heads(args):
+    """Predict time with 1 and 100 detections for each mask head, and the per-ROI cost of the mask heads against
+    torchvision's ``maskrcnn_resnet50_fpn`` mask branch on the same ROIs."""
+    from collections import OrderedDict
+
+    from autotimm import FeatureBackboneConfig, InstanceSegmentor
+
+    print(f"\npredict (batch 1, {args.size}x{args.size}, resnet18, fpn 256, masks pasted at input size):\n")
+    print("| mask head | ms, 1 detection | ms, 100 detections | ratio |")
+    print("|---|---:|---:|---:|")
     x = torch.randn(1, 3, args.size, args.size)
-    for n in (1, 100):
-        model = InstanceSegmentor(FeatureBackboneConfig("resnet18", pretrained=False), num_classes=4,
-                                  score_thresh=0.0, max_detections_per_image=n, nms_thresh=1.0).eval()
-        got = len(model.predict(x)[0]["boxes"])
-        times[n] = time_steps(lambda model=model: model.predict(x), args.steps)
-        print(f"| {got} | {times[n] * 1000:.1f} |")
-    print(f"\n100 detections / 1 detection: {times[100] / times[1]:.2f}x")
+    for name, spec in MASK_HEADS.items():
+        times = {}
+        for n in (1, 100):
+            model = InstanceSegmentor(FeatureBackboneConfig("resnet18", pretrained=False), num_classes=4,
+                                      score_thresh=0.0, max_detections_per_image=n, nms_thresh=1.0,
+                                      mask_head=spec).eval()
+            assert len(model.predict(x)[0]["boxes"]) == n
+            times[n] = time_steps(lambda model=model: model.predict(x), args.steps)
+        print(f"| {name} | {times[1] * 1000:.1f} | {times[100] * 1000:.1f} | {times[100] / times[1]:.2f}x |")
+
+    from torchvision.models.detection import maskrcnn_resnet50_fpn
+
+    tv = maskrcnn_resnet50_fpn(weights=None, weights_backbone=None, num_classes=5).eval()
+    k = 100
+    feats = OrderedDict((n, torch.randn(1, 256, args.size // s, args.size // s)) for n, s in
+                        (("0", 4), ("1", 8), ("2", 16), ("3", 32)))
+    xy = torch.rand(k, 2) * args.size * 0.6
+    boxes = torch.cat([xy, xy + 8 + torch.rand(k, 2) * args.size * 0.4], 1)
+    roi_heads = tv.roi_heads
+
+    def tv_masks():
+        pooled = roi_heads.mask_roi_pool(feats, [boxes], [(args.size, args.size)])
+        return roi_heads.mask_predictor(roi_heads.mask_head(pooled))
+
+    print(f"\nmask branch per ROI ({k} ROIs, fpn 256, ROIAlign 14 -> 28x28 logits, no backbone):\n")
+    print("| mask branch | ms per ROI |")
+    print("|---|---:|")
+    with torch.no_grad():
+        print(f"| torchvision maskrcnn_resnet50_fpn | {time_steps(tv_masks, args.steps) / k * 1000:.3f} |")
+        pyramid = OrderedDict((f"p{i + 3}", f) for i, f in enumerate(list(feats.values())[1:]))
+        rois = torch.cat([torch.zeros(k, 1), boxes], 1)
+        for name, spec in MASK_HEADS.items():
+            model = InstanceSegmentor(FeatureBackboneConfig("resnet18", pretrained=False), num_classes=4,
+                                      mask_head=spec).eval()
+            head = model.mask_head
+
+            def ours(head=head):
+                return head(head.pool_rois(head.features(pyramid), rois))
+
+            print(f"| autotimm {name} | {time_steps(ours, args.steps) / k * 1000:.3f} |")
 
 
 def main():

@@ -34,7 +34,8 @@ def test_export_matches_eager(tmp_path, fmt):
 
 def instance_model(**kw):
     torch.manual_seed(0)
-    model = InstanceSegmentor(TINY, num_classes=3, fpn_channels=32, head_num_convs=1, mask_channels=16, **kw).eval()
+    model = InstanceSegmentor(TINY, num_classes=3, fpn_channels=32, head_num_convs=1,
+                              mask_head={"_target_": "autotimm.heads.MaskHead", "conv_channels": 16}, **kw).eval()
     with torch.no_grad():  # spread-out scores: at score_thresh 0.4, 5 to 19 detections per image, far from the cap
         torch.manual_seed(0)
         model.head.cls_logits.weight.normal_(0, 0.2)

@@ -14,9 +14,10 @@ from pycocotools.cocoeval import COCOeval
 
 from autotimm import FeatureBackboneConfig, InstanceSegmentationDataModule, InstanceSegmentor, MetricConfig
 from autotimm.data.instance import masks_to_boxes
+from autotimm.heads import MaskHead, SharedMaskHead
 from autotimm.losses import MaskLoss
 from autotimm.metrics import build_metric
-from autotimm.tasks.fcos import assign_targets, level_ranges, make_points, paste_masks, postprocess
+from autotimm.models.fcos import assign_targets, level_ranges, make_points, paste_masks, postprocess
 
 TINY = FeatureBackboneConfig("test_resnet", pretrained=False)
 
@@ -53,8 +54,7 @@ def test_no_gt_and_no_positive_losses_are_finite():
     model = InstanceSegmentor(TINY, num_classes=3, fpn_channels=32, head_num_convs=1)
     empty = {"boxes": torch.zeros(0, 4), "labels": torch.zeros(0, dtype=torch.long),
              "masks": torch.zeros(0, 64, 64, dtype=torch.uint8), "iscrowd": torch.zeros(0, dtype=torch.bool)}
-    out = model(torch.randn(2, 3, 64, 64))
-    losses = model.compute_losses(out, [empty, empty], (64, 64))
+    losses = model(torch.randn(2, 3, 64, 64), [empty, empty])  # the model returns its losses given targets
     losses["loss"].backward()
     assert all(torch.isfinite(v) for v in losses.values())
     assert losses["loss_reg"].item() == 0 and losses["loss_mask"].item() == 0
@@ -111,15 +111,23 @@ def test_mask_head_pooling_equals_torchvision_multiscale_roi_align():
 
     from torchvision.ops import MultiScaleRoIAlign
 
-    from autotimm.heads.mask import MaskHead
+    from autotimm.heads import MaskHead, SharedMaskHead
 
     torch.manual_seed(0)
-    head = MaskHead(8, 3, roi_pool_size=7)
+    # the shared head pools from its 2x-upsampled maps (strides 4, 8, 16), Mask R-CNN's head from P3-P5 (8, 16, 32)
+    head = SharedMaskHead(8, 3, roi_pool_size=7)
     feats = OrderedDict(p3=torch.randn(2, 8, 128, 96), p4=torch.randn(2, 8, 64, 48), p5=torch.randn(2, 8, 32, 24))
+    check_pooling(head, feats, MultiScaleRoIAlign, [20.0, 120.0, 250.0])
+    head = MaskHead(8, 3, roi_pool_size=7, sampling_ratio=1)
+    feats = OrderedDict(p3=torch.randn(2, 8, 64, 48), p4=torch.randn(2, 8, 32, 24), p5=torch.randn(2, 8, 16, 12))
+    check_pooling(head, feats, MultiScaleRoIAlign, [20.0, 240.0, 500.0])
+
+
+def check_pooling(head, feats, MultiScaleRoIAlign, sizes):
     boxes = []
     for n in (9, 6):
         xy, wh = torch.rand(n, 2) * 200, torch.rand(n, 2) * 300 + 4
-        wh[:3] = torch.tensor([[20.0, 20.0], [120.0, 120.0], [250.0, 250.0]])  # one box per level, by its size
+        wh[:3] = torch.tensor(sizes)[:, None].expand(3, 2)  # one box per level, by its size
         boxes.append(torch.cat([xy, xy + wh], 1))
     levels = head.level_mapper([torch.cat(boxes)])
     assert set(levels.tolist()) == {0, 1, 2}  # every level is used
@@ -153,9 +161,10 @@ def test_mask_and_roi_sizes_and_predict_format(mask_size, roi):
         assert p["masks"].shape == (n, 64, 96) and set(p["masks"].unique().tolist()) <= {0, 1}
         assert set(p["category_ids"].tolist()) <= {3, 7, 90}
         assert n <= 5
-    feats = model(torch.randn(1, 3, 64, 64))["mask_features"]
-    logits = model.mask_head(model.mask_head.pool(feats, [torch.tensor([[0.0, 0, 30, 30]])], (64, 64)))
-    assert logits.shape == (1, 3, mask_size, mask_size)
+    for head in (model.mask_head, SharedMaskHead(32, 3, mask_size, roi, featmap_strides=model.fpn.strides[:3])):
+        feats = head.features(model.model.features(torch.randn(1, 3, 64, 64))["features"])
+        logits = head(head.pool(feats, [torch.tensor([[0.0, 0, 30, 30]])], (64, 64)))
+        assert logits.shape == (1, 3, mask_size, mask_size)
 
 
 # ------------------------------------------------------------------------------------------------ data

@@ -102,7 +102,9 @@ def test_optimizers_and_schedulers(optimizer, scheduler):
     out = model.configure_optimizers()
     opt = out["optimizer"] if isinstance(out, dict) else out
     assert isinstance(opt, torch.optim.Optimizer)
-    assert opt.param_groups[1]["weight_decay"] == 0.0  # norms and biases
+    decay_of = {id(p): g["weight_decay"] for g in opt.param_groups for p in g["params"]}
+    for p in model.parameters():  # norms and biases: no weight decay; conv weights: the configured decay
+        assert decay_of[id(p)] == (0.0 if p.ndim <= 1 else model.weight_decay)
 
 
 @pytest.mark.parametrize("kw, match", [

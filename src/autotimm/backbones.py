@@ -92,9 +92,13 @@ class SimpleFeaturePyramid(nn.Module):
 
 
 class TimmFeatureBackbone(nn.Module):
-    """Wraps ``timm.create_model(..., features_only=True)``; returns NCHW features, strides in ``reductions``."""
+    """Wraps ``timm.create_model(..., features_only=True)``; returns NCHW features, strides in ``reductions``.
 
-    def __init__(self, config: str | dict | FeatureBackboneConfig):
+    ``image_size``: the size the model will be trained at. Models built for a fixed input size (NesT, ResMLP, LeViT,
+    PiT, window-based ViTs...) get it as ``img_size`` where timm accepts it, unless the config sets ``img_size``.
+    """
+
+    def __init__(self, config: str | dict | FeatureBackboneConfig, image_size: int | None = None):
         super().__init__()
         self.config = cfg = as_backbone_config(config)
         kwargs: dict[str, Any] = dict(features_only=True, pretrained=cfg.pretrained)
@@ -109,7 +113,7 @@ class TimmFeatureBackbone(nn.Module):
         if cfg.img_size is not None:
             kwargs["img_size"] = cfg.img_size
         kwargs.update(cfg.extra_kwargs)
-        self.body = _create(cfg.model_name, kwargs)
+        self.body = _create(cfg.model_name, kwargs, None if "img_size" in kwargs else image_size)
         info = self.body.feature_info
         self.body_channels = list(info.channels())
         self.body_reductions = list(info.reduction())
@@ -136,14 +140,21 @@ class TimmFeatureBackbone(nn.Module):
         return list(feats)
 
 
-def _create(name: str, kwargs: dict[str, Any]) -> nn.Module:
+def _create(name: str, kwargs: dict[str, Any], image_size: int | None = None) -> nn.Module:
+    """``timm.create_model`` with ``dynamic_img_size=True`` and ``img_size=image_size`` where the model takes them
+    (tried in that order; a model that rejects an argument raises ``TypeError`` before building anything big)."""
     if not timm.is_model(name):
         raise ValueError(f"backbone.model_name: unknown timm model {name!r} (see timm.list_models())")
+    attempts = [{"dynamic_img_size": True}, {}]
+    if image_size:
+        attempts = [{**a, "img_size": int(image_size)} for a in attempts] + attempts
     try:
-        try:
-            return timm.create_model(name, dynamic_img_size=True, **kwargs)
-        except TypeError:  # models without dynamic_img_size (CNNs)
-            return timm.create_model(name, **kwargs)
+        for extra in attempts[:-1]:
+            try:
+                return timm.create_model(name, **extra, **kwargs)
+            except TypeError:  # the model does not take dynamic_img_size / img_size (CNNs)
+                continue
+        return timm.create_model(name, **attempts[-1], **kwargs)
     except (OSError, RuntimeError) as e:
         if kwargs.get("pretrained") and ("connect" in str(e).lower() or "offline" in str(e).lower()
                                          or "resolve" in str(e).lower() or isinstance(e, OSError)):
@@ -160,3 +171,39 @@ def upsample_like(x: torch.Tensor, ref: torch.Tensor | tuple[int, int]) -> torch
     if tuple(x.shape[-2:]) == size:
         return x
     return F.interpolate(x, size=size, mode="bilinear", align_corners=False)
+
+
+# --------------------------------------------------------------------------------------------- preprocessing
+PREPROCESS_KEYS = ("mean", "std", "interpolation", "image_size", "pad_multiple")
+INTERPOLATIONS = ("nearest", "bilinear", "bicubic", "area", "lanczos")
+
+
+def resolve_preprocess(backbone: TimmFeatureBackbone, overrides: dict[str, Any] | None = None) -> dict[str, Any]:
+    """What an input image needs before the network, as plain data (it travels in checkpoints):
+
+    ``mean`` / ``std`` (RGB, for images scaled to 0..1) and ``interpolation`` from the backbone's timm pretrained
+    config (``timm.data.resolve_model_data_config``: ImageNet statistics for ResNets, 0.5/0.5 for
+    ``vit_small_patch16_224``, CLIP's for CLIP/EVA weights); ``image_size`` (the training size: evaluation and
+    prediction resize the longest side to it and pad to a square); ``pad_multiple`` (the backbone's deepest
+    stride). Any key given in ``overrides`` with a value other than None wins.
+    """
+    unknown = sorted(set(overrides or {}) - set(PREPROCESS_KEYS))
+    if unknown:
+        raise ValueError(f"preprocess: unknown key(s) {unknown}; valid: {list(PREPROCESS_KEYS)}")
+    data_cfg = timm.data.resolve_model_data_config(backbone.body)
+    out: dict[str, Any] = {"mean": [float(v) for v in data_cfg["mean"]], "std": [float(v) for v in data_cfg["std"]],
+                           "interpolation": str(data_cfg.get("interpolation") or "bilinear"), "image_size": None,
+                           "pad_multiple": int(backbone.output_stride)}
+    out.update({k: v for k, v in (overrides or {}).items() if v is not None})
+    for key in ("mean", "std"):
+        out[key] = [float(v) for v in out[key]]
+        if len(out[key]) != 3:
+            raise ValueError(f"preprocess.{key}: expected 3 values (R, G, B), got {out[key]}")
+    if min(out["std"]) <= 0:
+        raise ValueError(f"preprocess.std: every value must be > 0, got {out['std']}")
+    if out["interpolation"] not in INTERPOLATIONS:
+        raise ValueError(f"preprocess.interpolation: unknown {out['interpolation']!r}; valid: {list(INTERPOLATIONS)}")
+    if out["image_size"] is not None:
+        out["image_size"] = int(out["image_size"])
+    out["pad_multiple"] = int(out["pad_multiple"])
+    return out

@@ -15,51 +15,21 @@ from __future__ import annotations
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 from torch import nn
-
-from .tasks.fcos import make_points, paste_masks, postprocess
 
 INSTANCE_OUTPUTS = ["image_index", "boxes", "scores", "labels", "masks"]
 
 
-class SemanticExport(nn.Module):
-    """Normalised images [B,3,H,W] -> class ids [B,H,W] (int64) at the input resolution. Holds only the backbone
-    and head (no Lightning state), so it traces and exports cleanly."""
+class _Traced(nn.Module):
+    """Traces one method of the model (``SemanticModel.predict`` / ``InstanceModel.predict_flat``): the exported
+    graph is the model's own inference code, not a copy of it."""
 
-    def __init__(self, model):
+    def __init__(self, model: nn.Module, method: str):
         super().__init__()
-        self.backbone, self.head = model.backbone, model.head
-
-    def forward(self, images: torch.Tensor) -> torch.Tensor:
-        logits = self.head(self.backbone(images))
-        logits = F.interpolate(logits, size=images.shape[-2:], mode="bilinear", align_corners=False)
-        return logits.argmax(1)
-
-
-class InstanceExport(nn.Module):
-    """Normalised images [B,3,H,W] -> (image_index, boxes, scores, labels, masks) after NMS; the same functions as
-    ``InstanceSegmentor.predict`` (``postprocess``, ``MaskHead.mask_probs``, ``paste_masks``), flat over the batch.
-    Holds only the networks and the thresholds (no Lightning state)."""
-
-    def __init__(self, model):
-        super().__init__()
-        self.backbone, self.fpn, self.head, self.mask_head = model.backbone, model.fpn, model.head, model.mask_head
-        self.strides = list(model.fpn.strides)
-        self.score_thresh, self.nms_thresh = float(model.score_thresh), float(model.nms_thresh)
-        self.max_detections, self.mask_threshold = int(model.max_detections), float(model.mask_threshold)
+        self.model, self.method = model, method
 
     def forward(self, images: torch.Tensor):
-        pyramid = self.fpn(self.backbone(images))
-        levels = list(pyramid.values())
-        cls, reg, ctr = self.head(levels)
-        points, strides, _ = make_points([f.shape[-2:] for f in levels], self.strides, images.device)
-        size = images.shape[-2:]
-        img, boxes, scores, labels = postprocess(cls, reg, ctr, points, strides, size, self.score_thresh,
-                                                 self.nms_thresh, self.max_detections)
-        probs = self.mask_head.mask_probs(self.mask_head.features(pyramid), img, boxes, labels)
-        masks = (paste_masks(probs, boxes, size[0], size[1]) >= self.mask_threshold).to(torch.uint8)
-        return img, boxes, scores, labels, masks
+        return getattr(self.model, self.method)(images)
 
 
 def export_model(model, path: str | Path, fmt: str = "torchscript", image_size: int = 128) -> Path:
@@ -82,13 +52,13 @@ def export_instance(model, path: str | Path, fmt: str = "torchscript", image_siz
     """Write ``path``: TorchScript (traced) or ONNX (opset 17; dynamic batch, height, width and detections)."""
     axes = {name: {0: "detections"} for name in INSTANCE_OUTPUTS}
     axes["masks"] = {0: "detections", 1: "height", 2: "width"}
-    return _export(InstanceExport(model), model, path, fmt, torch.randn(2, 3, image_size, image_size),
+    return _export(_Traced(model.model, "predict_flat"), model, path, fmt, torch.randn(2, 3, image_size, image_size),
                    INSTANCE_OUTPUTS, axes)
 
 
 def export_semantic(model, path: str | Path, fmt: str = "torchscript", image_size: int = 128) -> Path:
     """Write ``path`` (``.pt`` TorchScript or ``.onnx`` with dynamic batch/height/width); return it."""
-    return _export(SemanticExport(model), model, path, fmt, torch.randn(1, 3, image_size, image_size),
+    return _export(_Traced(model.model, "predict"), model, path, fmt, torch.randn(1, 3, image_size, image_size),
                    ["classes"], {"classes": {0: "batch", 1: "height", 2: "width"}})
 
 

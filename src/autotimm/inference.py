@@ -13,14 +13,30 @@ import torch
 import torch.nn.functional as F
 from pycocotools import mask as mask_utils
 
-from .data.transforms import IMAGENET_MEAN, IMAGENET_STD
+from .data.transforms import CV2_INTERPOLATION, DEFAULT_PREPROCESS, eval_finish, eval_resize
 
 
-def to_tensor(image: np.ndarray, device) -> torch.Tensor:
+def model_preprocess(model) -> dict:
+    """The preprocessing a task (or its checkpoint) was trained with; ImageNet statistics for a bare module."""
+    return dict(getattr(model, "preprocess", None) or DEFAULT_PREPROCESS)
+
+
+def to_tensor(image: np.ndarray, device, preprocess: dict | None = None) -> torch.Tensor:
+    """RGB uint8 [H,W,3] -> normalised float [1,3,H,W] with the model's mean/std."""
+    pre = preprocess or DEFAULT_PREPROCESS
     x = torch.from_numpy(image).to(device).permute(2, 0, 1).float() / 255.0
-    mean = torch.tensor(IMAGENET_MEAN, device=device)[:, None, None]
-    std = torch.tensor(IMAGENET_STD, device=device)[:, None, None]
+    mean = torch.tensor(pre["mean"], device=device)[:, None, None]
+    std = torch.tensor(pre["std"], device=device)[:, None, None]
     return ((x - mean) / std)[None]
+
+
+def eval_input(image: np.ndarray, preprocess: dict, image_size: int, device) -> tuple[torch.Tensor, tuple[int, int]]:
+    """The validation pipeline on one raw image (the data module's own transforms): longest side resized to
+    ``image_size`` with the model's interpolation, padded to a square, normalised. Returns ``[1,3,S,S]`` and the
+    un-padded size."""
+    resized = eval_resize(image_size, preprocess)(image=image)["image"]
+    x = eval_finish(image_size, 0, preprocess)(image=resized)["image"]
+    return x[None].to(device), (int(resized.shape[0]), int(resized.shape[1]))
 
 
 def _pad_to(x: torch.Tensor, h: int, w: int) -> torch.Tensor:
@@ -50,48 +66,70 @@ def sliding_window_logits(forward, image: torch.Tensor, tile: int, overlap: floa
     return (summed / counts)[..., :h, :w].reshape(1, c, h, w)
 
 
+def _padded_forward(model, batch: torch.Tensor, multiple: int, hflip: bool) -> torch.Tensor:
+    """Logits of a batch padded bottom/right to ``multiple`` and cropped back (flip TTA: averaged with the flipped
+    batch's logits; flipping back puts the right-hand padding on the right again, so the same crop applies)."""
+    hh, ww = batch.shape[-2:]
+    padded = _pad_to(batch, math.ceil(hh / multiple) * multiple, math.ceil(ww / multiple) * multiple)
+    out = model(padded)[..., :hh, :ww].float()
+    if hflip:
+        out = 0.5 * (out + model(padded.flip(-1)).flip(-1)[..., :hh, :ww].float())
+    return out
+
+
 @torch.no_grad()
 def predict_semantic(model, image: np.ndarray, image_size: int | None = None, tile_size: int | None = None,
                      overlap: float = 0.25, hflip: bool = False) -> np.ndarray:
-    """Class ids [H, W] at the image's own resolution. ``image_size`` resizes the longest side first (aspect kept);
-    ``tile_size`` switches to sliding-window inference; ``hflip`` averages with the flipped image's logits."""
+    """Class ids [H, W] at the image's own resolution.
+
+    Whole image (default): exactly the validation pipeline at the model's ``preprocess.image_size`` (or
+    ``image_size``): longest side resized, padded to a square, logits cropped and resized back before the argmax.
+    A model that does not know its training size runs the image at its own size, padded to the backbone's stride.
+    ``tile_size`` switches to sliding-window inference over the image at its own size (resized first when
+    ``image_size`` is given); ``hflip`` averages the logits with the flipped image's.
+    """
     model.eval()
     device = next(model.parameters()).device
+    pre = model_preprocess(model)
+    multiple = int(pre.get("pad_multiple") or model.backbone.output_stride)
     h0, w0 = image.shape[:2]
-    if image_size:
-        s = image_size / max(h0, w0)
-        image = cv2.resize(image, (max(1, round(w0 * s)), max(1, round(h0 * s))), interpolation=cv2.INTER_LINEAR)
-    x = to_tensor(image, device)
-    stride = model.backbone.output_stride
-
-    def forward(batch):
-        hh, ww = batch.shape[-2:]
-        padded = _pad_to(batch, math.ceil(hh / stride) * stride, math.ceil(ww / stride) * stride)
-        out = model(padded)[..., :hh, :ww].float()
-        if hflip:  # flipping back puts the right-hand padding on the right again, so the same crop applies
-            out = 0.5 * (out + model(padded.flip(-1)).flip(-1)[..., :hh, :ww].float())
-        return out.softmax(1)
-
-    probs = sliding_window_logits(forward, x, tile_size, overlap) if tile_size else forward(x)
-    if probs.shape[-2:] != (h0, w0):
-        probs = F.interpolate(probs, size=(h0, w0), mode="bilinear", align_corners=False)
-    return probs.argmax(1)[0].cpu().numpy().astype(np.int64)
+    if tile_size:
+        if image_size:
+            s = image_size / max(h0, w0)
+            image = cv2.resize(image, (max(1, round(w0 * s)), max(1, round(h0 * s))),
+                               interpolation=CV2_INTERPOLATION[pre["interpolation"]])
+        x = to_tensor(image, device, pre)
+        logits = sliding_window_logits(lambda b: _padded_forward(model, b, multiple, hflip), x, tile_size, overlap)
+    else:
+        size = image_size or pre.get("image_size")
+        if size:
+            x, (vh, vw) = eval_input(image, pre, int(size), device)
+            logits = _padded_forward(model, x, multiple, hflip)[..., :vh, :vw]
+        else:
+            logits = _padded_forward(model, to_tensor(image, device, pre), multiple, hflip)
+    if logits.shape[-2:] != (h0, w0):
+        logits = F.interpolate(logits, size=(h0, w0), mode="bilinear", align_corners=False)
+    return logits.argmax(1)[0].cpu().numpy().astype(np.int64)
 
 
 @torch.no_grad()
 def predict_instance(model, image: np.ndarray, image_size: int | None = None) -> dict[str, torch.Tensor]:
-    """Detections at the image's own resolution: boxes, labels, scores, masks (and category_ids when known)."""
+    """Detections at the image's own resolution (boxes, labels, scores, masks; category_ids when known), through
+    the validation pipeline at the model's ``preprocess.image_size`` (or ``image_size``); a model that does not
+    know its training size runs the image at its own size, padded to the backbone's stride."""
     model.eval()
     device = next(model.parameters()).device
+    pre = model_preprocess(model)
     h0, w0 = image.shape[:2]
-    s = (image_size / max(h0, w0)) if image_size else 1.0
-    resized = cv2.resize(image, (max(1, round(w0 * s)), max(1, round(h0 * s)))) if s != 1.0 else image
-    x = to_tensor(resized, device)
-    vh, vw = x.shape[-2:]
-    stride = 32
-    x = _pad_to(x, math.ceil(vh / stride) * stride, math.ceil(vw / stride) * stride)
-    out = model(x)
-    return model.detect(out, tuple(x.shape[-2:]), torch.tensor([[h0, w0]]), torch.tensor([[vh, vw]]))[0]
+    size = image_size or pre.get("image_size")
+    if size:
+        x, (vh, vw) = eval_input(image, pre, int(size), device)
+    else:
+        x, (vh, vw) = to_tensor(image, device, pre), (h0, w0)
+        multiple = int(pre.get("pad_multiple") or 32)
+        x = _pad_to(x, math.ceil(vh / multiple) * multiple, math.ceil(vw / multiple) * multiple)
+    net = model.model
+    return net.detect(net.features(x), torch.tensor([[h0, w0]]), torch.tensor([[vh, vw]]))[0]
 
 
 def palette(n: int) -> np.ndarray:
@@ -108,37 +146,41 @@ def palette(n: int) -> np.ndarray:
     return pal
 
 
+def _hwc(image_chw: torch.Tensor) -> np.ndarray:
+    return image_chw.permute(1, 2, 0).contiguous().numpy()
+
+
 def save_semantic(image: np.ndarray, classes: np.ndarray, out_dir: Path, stem: str, num_classes: int) -> list[Path]:
     from PIL import Image
+    from torchvision.utils import draw_segmentation_masks
 
     pal = palette(num_classes)
     mask_path, overlay_path = out_dir / f"{stem}_mask.png", out_dir / f"{stem}_overlay.png"
     im = Image.fromarray(classes.astype(np.uint8), mode="P")
     im.putpalette(pal.flatten().tolist())
     im.save(mask_path)  # palette PNG: the pixel values are the class ids, the colours are for people
-    colour = pal[classes]
-    blend = np.where(classes[..., None] > 0, (0.5 * image + 0.5 * colour), image).astype(np.uint8)
-    cv2.imwrite(str(overlay_path), cv2.cvtColor(blend, cv2.COLOR_RGB2BGR))
+    one_hot = torch.from_numpy(classes)[None] == torch.arange(1, num_classes)[:, None, None]  # class 0 unpainted
+    blend = draw_segmentation_masks(torch.from_numpy(image).permute(2, 0, 1), one_hot, alpha=0.5,
+                                    colors=[tuple(int(v) for v in pal[c]) for c in range(1, num_classes)])
+    cv2.imwrite(str(overlay_path), cv2.cvtColor(_hwc(blend), cv2.COLOR_RGB2BGR))
     return [mask_path, overlay_path]
 
 
 def save_instance(image: np.ndarray, pred: dict, out_dir: Path, stem: str, class_names=None) -> Path:
-    pal = palette(len(pred["labels"]) + 2)[1:]
-    canvas = image.copy()
-    masks = pred["masks"].bool().cpu().numpy()
-    labels, scores = pred["labels"].tolist(), pred["scores"].tolist()
-    if len(masks):
-        ids = (masks * (np.arange(len(masks)) + 1)[:, None, None]).max(0)  # last instance on top
-        colour = pal[np.maximum(ids - 1, 0) % len(pal)]
-        canvas = np.where(ids[..., None] > 0, 0.5 * canvas + 0.5 * colour, canvas).astype(np.uint8)
-    for k, (b, lab, sc) in enumerate(zip(pred["boxes"].tolist(), labels, scores)):
-        col = tuple(int(v) for v in pal[k % len(pal)])
-        x1, y1, x2, y2 = (int(round(v)) for v in b)
-        cv2.rectangle(canvas, (x1, y1), (x2, y2), col, 1)
-        name = class_names[lab] if class_names and lab < len(class_names) else str(lab)
-        cv2.putText(canvas, f"{name} {sc:.2f}", (x1, max(8, y1 - 2)), cv2.FONT_HERSHEY_SIMPLEX, 0.3, col, 1)
+    from torchvision.utils import draw_bounding_boxes, draw_segmentation_masks
+
+    n = len(pred["labels"])
+    pal = palette(n + 2)[1:]
+    colors = [tuple(int(v) for v in pal[k % len(pal)]) for k in range(n)]
+    canvas = torch.from_numpy(image).permute(2, 0, 1)
+    if n:
+        canvas = draw_segmentation_masks(canvas, pred["masks"].bool().cpu(), alpha=0.5, colors=colors)
+        names = [class_names[lab] if class_names and lab < len(class_names) else str(lab)
+                 for lab in pred["labels"].tolist()]
+        captions = [f"{name} {sc:.2f}" for name, sc in zip(names, pred["scores"].tolist())]
+        canvas = draw_bounding_boxes(canvas, pred["boxes"].float().cpu(), labels=captions, colors=colors, width=1)
     path = out_dir / f"{stem}_overlay.png"
-    cv2.imwrite(str(path), cv2.cvtColor(canvas, cv2.COLOR_RGB2BGR))
+    cv2.imwrite(str(path), cv2.cvtColor(_hwc(canvas), cv2.COLOR_RGB2BGR))
     return path
 
 

@@ -11,12 +11,12 @@ from torch.utils.data import DataLoader
 
 from .dataset import SegmentationDataset, collate_segmentation, find_corrupt
 from .formats import FORMATS, DatasetLayoutError
-from .transforms import PRESETS, train_transforms
+from .transforms import PRESETS, ModelPreprocess, train_transforms
 
 log = logging.getLogger(__name__)
 
 
-class SegmentationDataModule(pl.LightningDataModule):
+class SegmentationDataModule(ModelPreprocess, pl.LightningDataModule):
     """Args:
         data_dir: dataset root (see each format's layout in ``autotimm.data.formats``).
         format: ``png``, ``coco``, ``cityscapes`` or ``voc``.
@@ -33,6 +33,9 @@ class SegmentationDataModule(pl.LightningDataModule):
         skip_corrupt: an unreadable or truncated image is an error naming the file (default); with True, every
             image is decoded once at set-up and the bad ones are skipped, counted (``skipped_corrupt``) and logged.
         pin_memory / persistent_workers: loader settings.
+        mean / std / interpolation: input normalisation and resize interpolation; by default the attached model's
+            (its backbone's timm pretrained config), which then also travel in the checkpoint (see
+            ``ModelPreprocess``).
     """
 
     def __init__(self, data_dir: str | Path, format: str = "png", image_size: int = 512, batch_size: int = 8,
@@ -40,8 +43,10 @@ class SegmentationDataModule(pl.LightningDataModule):
                  custom_val_transforms: Any = None, class_mapping: dict[int, int] | None = None,
                  ignore_index: int = 255, num_classes: int | None = None, train_split: str = "train",
                  val_split: str = "val", test_split: str | None = None, pin_memory: bool = False,
-                 persistent_workers: bool = True, skip_corrupt: bool = False):
+                 persistent_workers: bool = True, skip_corrupt: bool = False, mean: list[float] | None = None,
+                 std: list[float] | None = None, interpolation: str | None = None):
         super().__init__()
+        self._init_preprocess(mean, std, interpolation)
         if format not in FORMATS:
             raise ValueError(f"format: unknown {format!r}; valid: {sorted(FORMATS)}")
         if augmentation_preset not in PRESETS:
@@ -89,15 +94,17 @@ class SegmentationDataModule(pl.LightningDataModule):
         self.class_names = self.class_names or data.class_names
         if train:
             tf = self.custom_train_transforms or train_transforms(self.augmentation_preset, self.image_size,
-                                                                  self.ignore_index)
+                                                                  self.ignore_index, preprocess=self.preprocess)
         else:
             tf = self.custom_val_transforms
         ds = SegmentationDataset(data, tf, train=train, image_size=self.image_size, ignore_index=self.ignore_index,
-                                 num_classes=self.num_classes, class_mapping=self.class_mapping)
+                                 num_classes=self.num_classes, class_mapping=self.class_mapping,
+                                 preprocess=self.preprocess)
         log.info("%s split %r: %d images from %s", self.format, split, len(ds), self.data_dir)
         return ds
 
     def setup(self, stage: str | None = None):
+        self._sync_preprocess()
         if stage in (None, "fit") and self.train_dataset is None:
             self.train_dataset = self._dataset(self.train_split, train=True)
         if stage in (None, "fit", "validate") and self.val_dataset is None:

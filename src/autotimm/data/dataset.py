@@ -54,7 +54,7 @@ class SegmentationDataset(Dataset):
 
     def __init__(self, split: SplitData, transform=None, train: bool = True, image_size: int = 512,
                  ignore_index: int = 255, num_classes: int | None = None,
-                 class_mapping: dict[int, int] | None = None):
+                 class_mapping: dict[int, int] | None = None, preprocess: dict | None = None):
         self.split = split
         self.samples: list[Sample] = split.samples
         self.transform = transform
@@ -63,8 +63,8 @@ class SegmentationDataset(Dataset):
         self.num_classes = num_classes
         mapping, strict = (class_mapping, True) if class_mapping is not None else (split.mapping, split.strict_mapping)
         self.mapper = LabelMapper(mapping, ignore_index, strict) if mapping is not None else None
-        self._resize = None if (train or transform is not None) else eval_resize(image_size)
-        self._finish = None if (train or transform is not None) else eval_finish(image_size, ignore_index)
+        self._resize = None if (train or transform is not None) else eval_resize(image_size, preprocess)
+        self._finish = None if (train or transform is not None) else eval_finish(image_size, ignore_index, preprocess)
 
     def __len__(self) -> int:
         return len(self.samples)

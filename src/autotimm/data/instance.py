@@ -16,27 +16,23 @@ import albumentations as A
 import numpy as np
 import pytorch_lightning as pl
 import torch
+from torchvision.ops import masks_to_boxes as tv_masks_to_boxes
 from torch.utils.data import DataLoader, Dataset
 
 from .dataset import find_corrupt, read_image
 from .formats.base import DatasetLayoutError
 from .formats.coco import ann_to_mask, find_coco_split, load_coco, resolve_inside
-from .transforms import PRESETS, apply_eval, eval_finish, eval_resize, train_transforms
+from .transforms import PRESETS, ModelPreprocess, apply_eval, eval_finish, eval_resize, train_transforms
 
 log = logging.getLogger(__name__)
 
 
 def masks_to_boxes(masks: np.ndarray) -> np.ndarray:
-    """Tight xyxy boxes (pixel edges) of [N, H, W] masks, vectorised."""
-    if len(masks) == 0:
-        return np.zeros((0, 4), np.float32)
-    rows, cols = masks.any(2), masks.any(1)
-    h, w = masks.shape[1:]
-    y1 = rows.argmax(1)
-    y2 = h - rows[:, ::-1].argmax(1)
-    x1 = cols.argmax(1)
-    x2 = w - cols[:, ::-1].argmax(1)
-    return np.stack([x1, y1, x2, y2], 1).astype(np.float32)
+    """Tight xyxy boxes in pixel edges (COCO's convention) of [N, H, W] masks: ``torchvision.ops.masks_to_boxes``
+    (which gives the last pixel's index) plus one on x2 and y2."""
+    boxes = tv_masks_to_boxes(torch.from_numpy(np.ascontiguousarray(masks)))
+    boxes[:, 2:] += 1
+    return boxes.numpy().astype(np.float32)
 
 
 def bbox_spec(transform) -> tuple[str, list[str]]:
@@ -64,7 +60,8 @@ def to_format(boxes_xyxy: np.ndarray, fmt: str, h: int, w: int) -> np.ndarray:
 
 class CocoInstanceDataset(Dataset):
     def __init__(self, img_dir: Path, ann_file: Path, transform=None, train: bool = True, image_size: int = 640,
-                 min_area: float = 0.0, min_keypoints: int = 0, skip_corrupt: bool = False):
+                 min_area: float = 0.0, min_keypoints: int = 0, skip_corrupt: bool = False,
+                 preprocess: dict | None = None):
         self.img_dir, self.ann_file = img_dir, ann_file
         self.coco = load_coco(ann_file)
         self.category_ids = sorted(self.coco.getCatIds())
@@ -73,8 +70,8 @@ class CocoInstanceDataset(Dataset):
         self.ids = sorted(self.coco.getImgIds())  # images without annotations are kept
         self.transform, self.train = transform, train
         self.min_area, self.min_keypoints = min_area, min_keypoints
-        self._resize = None if (train or transform is not None) else eval_resize(image_size)
-        self._finish = None if (train or transform is not None) else eval_finish(image_size, 0)
+        self._resize = None if (train or transform is not None) else eval_resize(image_size, preprocess)
+        self._finish = None if (train or transform is not None) else eval_finish(image_size, 0, preprocess)
         missing = []
         for i in self.ids:
             info = self.coco.imgs[i]
@@ -188,25 +185,28 @@ def collate_instance(items: list[dict[str, Any]]) -> dict[str, Any]:
     return batch
 
 
-def instance_train_transforms(preset: str, image_size: int) -> A.Compose:
+def instance_train_transforms(preset: str, image_size: int, preprocess: dict | None = None) -> A.Compose:
     bbox = A.BboxParams(format="pascal_voc", label_fields=["instance_idx"], min_area=1.0, min_visibility=0.0,
                         clip=True)
-    return train_transforms(preset, image_size, ignore_index=0, bbox_params=bbox)
+    return train_transforms(preset, image_size, ignore_index=0, bbox_params=bbox, preprocess=preprocess)
 
 
-class InstanceSegmentationDataModule(pl.LightningDataModule):
+class InstanceSegmentationDataModule(ModelPreprocess, pl.LightningDataModule):
     """COCO instance segmentation. Args (see the API reference): data_dir, image_size, batch_size, num_workers,
     augmentation_preset, custom_train_transforms (an albumentations ``Compose`` with ``bbox_params`` in any box
     format; boxes, masks and labels stay in step whatever its label fields), custom_val_transforms (image only),
-    min_keypoints, min_area; plus split names and ``skip_corrupt`` (as ``SegmentationDataModule``).
+    min_keypoints, min_area; plus split names, ``skip_corrupt`` and ``mean`` / ``std`` / ``interpolation`` (as
+    ``SegmentationDataModule``: by default the attached model's preprocessing).
     ``category_ids[label]`` maps contiguous labels back to the dataset's category ids."""
 
     def __init__(self, data_dir: str | Path, image_size: int = 640, batch_size: int = 4, num_workers: int = 4,
                  augmentation_preset: str = "default", custom_train_transforms: Any = None,
                  custom_val_transforms: Any = None, min_keypoints: int = 0, min_area: float = 0.0,
                  train_split: str = "train", val_split: str = "val", test_split: str | None = None,
-                 num_classes: int | None = None, persistent_workers: bool = True, skip_corrupt: bool = False):
+                 num_classes: int | None = None, persistent_workers: bool = True, skip_corrupt: bool = False,
+                 mean: list[float] | None = None, std: list[float] | None = None, interpolation: str | None = None):
         super().__init__()
+        self._init_preprocess(mean, std, interpolation)
         if augmentation_preset not in PRESETS:
             raise ValueError(f"augmentation_preset: unknown {augmentation_preset!r}; valid: {list(PRESETS)}")
         self.data_dir = Path(data_dir)
@@ -227,10 +227,12 @@ class InstanceSegmentationDataModule(pl.LightningDataModule):
         if not self.data_dir.is_dir():
             raise DatasetLayoutError(f"data_dir {self.data_dir} does not exist (COCO instance layout)")
         img_dir, ann = find_coco_split(self.data_dir, split)
-        tf = (self.custom_train_transforms or instance_train_transforms(self.augmentation_preset, self.image_size)) \
+        tf = (self.custom_train_transforms or instance_train_transforms(self.augmentation_preset, self.image_size,
+                                                                        self.preprocess)) \
             if train else self.custom_val_transforms
         ds = CocoInstanceDataset(img_dir, ann, tf, train=train, image_size=self.image_size, min_area=self.min_area,
-                                 min_keypoints=self.min_keypoints, skip_corrupt=self.skip_corrupt)
+                                 min_keypoints=self.min_keypoints, skip_corrupt=self.skip_corrupt,
+                                 preprocess=self.preprocess)
         if ds.skipped_corrupt:
             self.skipped_corrupt += ds.skipped_corrupt
             log.warning("coco instance split %r: skipped %d corrupt image(s) (skip_corrupt=True)", split,
@@ -245,6 +247,7 @@ class InstanceSegmentationDataModule(pl.LightningDataModule):
         return ds
 
     def setup(self, stage: str | None = None):
+        self._sync_preprocess()
         if stage in (None, "fit") and self.train_dataset is None:
             self.train_dataset = self._dataset(self.train_split, True)
         if stage in (None, "fit", "validate") and self.val_dataset is None:

@@ -4,6 +4,10 @@ Training: ``light`` (resize, pad, flip), ``default`` (+ random scale and crop, c
 larger scale range, blur/noise). Mask padding and fill use ``ignore_index``, so padded pixels never count.
 Evaluation keeps the aspect ratio: longest side resized to ``image_size`` then padded bottom/right (``eval_resize``
 and ``eval_finish`` are separate so the un-padded size is known and predictions can be cropped back).
+
+Normalisation (``mean``, ``std``) and the image interpolation come from the model's ``preprocess`` (the backbone's
+timm pretrained config) through the data module; ImageNet statistics are only the fallback of a data module used
+without a model.
 """
 
 from __future__ import annotations
@@ -15,10 +19,18 @@ from albumentations.pytorch import ToTensorV2
 PRESETS = ("light", "default", "strong")
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
+CV2_INTERPOLATION = {"nearest": cv2.INTER_NEAREST, "bilinear": cv2.INTER_LINEAR, "bicubic": cv2.INTER_CUBIC,
+                     "area": cv2.INTER_AREA, "lanczos": cv2.INTER_LANCZOS4}
+DEFAULT_PREPROCESS = {"mean": list(IMAGENET_MEAN), "std": list(IMAGENET_STD), "interpolation": "bilinear"}
 
 
-def _normalize() -> list:
-    return [A.Normalize(mean=IMAGENET_MEAN, std=IMAGENET_STD), ToTensorV2()]
+def _normalize(pre: dict | None) -> list:
+    pre = pre or DEFAULT_PREPROCESS
+    return [A.Normalize(mean=tuple(pre["mean"]), std=tuple(pre["std"])), ToTensorV2()]
+
+
+def _interp(pre: dict | None) -> int:
+    return CV2_INTERPOLATION[(pre or DEFAULT_PREPROCESS)["interpolation"]]
 
 
 def _pad(size: int, ignore_index: int, position: str = "center") -> A.PadIfNeeded:
@@ -26,11 +38,12 @@ def _pad(size: int, ignore_index: int, position: str = "center") -> A.PadIfNeede
                          fill=0, fill_mask=ignore_index)
 
 
-def train_transforms(preset: str, image_size: int, ignore_index: int = 255, bbox_params=None) -> A.Compose:
+def train_transforms(preset: str, image_size: int, ignore_index: int = 255, bbox_params=None,
+                     preprocess: dict | None = None) -> A.Compose:
     if preset not in PRESETS:
         raise ValueError(f"augmentation_preset: unknown {preset!r}; valid: {list(PRESETS)}")
     s = int(image_size)
-    ops: list = [A.LongestMaxSize(max_size=s)]
+    ops: list = [A.LongestMaxSize(max_size=s, interpolation=_interp(preprocess))]
     if preset == "light":
         ops += [_pad(s, ignore_index), A.HorizontalFlip(p=0.5)]
     elif preset == "default":
@@ -44,15 +57,53 @@ def train_transforms(preset: str, image_size: int, ignore_index: int = 255, bbox
                 _pad(s, ignore_index), A.RandomCrop(s, s), A.HorizontalFlip(p=0.5),
                 A.ColorJitter(brightness=0.4, contrast=0.4, saturation=0.4, hue=0.05, p=0.8),
                 A.OneOf([A.GaussianBlur(blur_limit=(3, 5)), A.GaussNoise(std_range=(0.02, 0.08))], p=0.3)]
-    return A.Compose(ops + _normalize(), bbox_params=bbox_params)
+    return A.Compose(ops + _normalize(preprocess), bbox_params=bbox_params)
 
 
-def eval_resize(image_size: int) -> A.Compose:
-    return A.Compose([A.LongestMaxSize(max_size=int(image_size))])
+def eval_resize(image_size: int, preprocess: dict | None = None) -> A.Compose:
+    return A.Compose([A.LongestMaxSize(max_size=int(image_size), interpolation=_interp(preprocess))])
 
 
-def eval_finish(image_size: int, ignore_index: int = 255) -> A.Compose:
-    return A.Compose([_pad(int(image_size), ignore_index, position="top_left")] + _normalize())
+def eval_finish(image_size: int, ignore_index: int = 255, preprocess: dict | None = None) -> A.Compose:
+    return A.Compose([_pad(int(image_size), ignore_index, position="top_left")] + _normalize(preprocess))
+
+
+class ModelPreprocess:
+    """Data-module mixin: the normalisation and interpolation it feeds (``self.preprocess``).
+
+    Explicit ``mean`` / ``std`` / ``interpolation`` given to the data module win, and the model attached through the
+    trainer adopts them (and the data module's ``image_size``) so its checkpoint reproduces them; otherwise the
+    attached model's ``preprocess`` (its backbone's timm pretrained config) is used; a data module used without a
+    model falls back to ImageNet statistics."""
+
+    mean: list[float] | None = None
+    std: list[float] | None = None
+    interpolation: str | None = None
+
+    def _init_preprocess(self, mean, std, interpolation):
+        self.mean = [float(v) for v in mean] if mean is not None else None
+        self.std = [float(v) for v in std] if std is not None else None
+        if interpolation is not None and interpolation not in CV2_INTERPOLATION:
+            raise ValueError(f"interpolation: unknown {interpolation!r}; valid: {list(CV2_INTERPOLATION)}")
+        self.interpolation = interpolation
+        self.preprocess = None
+
+    def _sync_preprocess(self) -> dict:
+        trainer = getattr(self, "_trainer", None) or getattr(self, "trainer", None)
+        model = getattr(trainer, "lightning_module", None) if trainer is not None else None
+        model_pre = getattr(model, "preprocess", None) if model is not None else None
+        base = dict(model_pre) if model_pre else dict(DEFAULT_PREPROCESS)
+        own = {"mean": self.mean, "std": self.std, "interpolation": self.interpolation}
+        pre = {**base, **{k: v for k, v in own.items() if v is not None}}
+        pre = {k: pre[k] for k in ("mean", "std", "interpolation")}
+        if self.preprocess is not None and pre != self.preprocess:  # built for other statistics: build again
+            for name in ("train_dataset", "val_dataset", "test_dataset"):
+                setattr(self, name, None)
+        if model_pre and hasattr(model, "update_preprocess"):
+            model.update_preprocess(f"{type(self).__name__}", **{k: v for k, v in own.items() if v is not None},
+                                    image_size=self.image_size)
+        self.preprocess = pre
+        return pre
 
 
 def apply_eval(resize, finish, transform, image, **targets) -> tuple[dict, tuple[int, int]]:

@@ -1,13 +1,17 @@
-"""Mask head: convs -> 2x deconv -> per-class mask logits at ``mask_size``, with the heavy convs shared over the image.
+"""Mask R-CNN's mask head (He et al. 2017), as the seed describes it: ROI-aligned features from the FPN level that
+fits each box -> ``num_convs`` x (3x3 conv, ``conv_channels``, ReLU) -> 2x2 stride-2 deconv + ReLU -> 1x1 conv to
+per-class logits, resized to ``mask_size`` when it differs from ``2 * roi_pool_size``.
 
-Mask R-CNN runs 4 convs of 256 channels on every ROI, so inference cost grows with the number of detections (about
-0.5 GMAC per ROI at 14x14: 100 detections cost many times the backbone on a small image). Here the conv tower runs
-once per image on the FPN levels ROIs are pooled from, ends in a narrow ``mask_channels`` map and is upsampled 2x (a
-shared deconv: P3 becomes stride 4). Each ROI is pooled from the level that fits its size (``MultiScaleRoIAlign``) at
-``roi_pool_size``; per ROI run only ``roi_convs`` narrow 3x3 convs (which see the instance centred in its ROI, what
-tells it from its neighbours) and a 2x deconv that emits the per-class logits (Mask R-CNN's deconv and 1x1 predictor
-folded into one linear map). Per-detection cost is about 100x lower: 100 detections predict in about 1.1x the time
-of one (benchmarks/bench_instance.py).
+``RoIMaskHead`` is the contract every mask head of the instance model follows (``SharedMaskHead`` in
+``mask_shared.py`` is the cheaper ablation variant):
+
+- ``features(pyramid)``: what ROIs are pooled from (here the FPN levels themselves), computed once per image;
+- ``pool_rois(features, rois [K, 5])``: multi-level ROIAlign (image index, x1, y1, x2, y2 in input pixels);
+- ``forward(roi_features)``: logits ``[K, num_classes, mask_size, mask_size]``;
+- ``mask_probs(features, image_index, boxes, labels)``: each detection's own-class probabilities ``[K, M, M]``.
+
+A head is constructed with ``in_channels`` (FPN width), ``num_classes``, ``featmap_names`` and ``featmap_strides``
+(the levels ROIs come from) by the model, plus its own keyword arguments (``conf/head/mask*.yaml``).
 """
 
 from __future__ import annotations
@@ -22,114 +26,104 @@ from torchvision.ops import roi_align
 from torchvision.ops.poolers import LevelMapper
 
 
-class Upsample2x(nn.Module):
-    """A 2x2, stride-2 transposed convolution written as a 1x1 conv to 4x the channels + ``pixel_shuffle(2)``: the
-    same function (the kernel taps do not overlap), but it runs as one matmul instead of torch's slow CPU
-    ``conv_transpose2d`` path."""
+class RoIMaskHead(nn.Module):
+    """ROI pooling from the FPN level that fits each box, and the per-detection mask probabilities.
 
-    def __init__(self, in_channels: int, out_channels: int):
-        super().__init__()
-        self.proj = nn.Conv2d(in_channels, out_channels * 4, 1)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return F.pixel_shuffle(self.proj(x), 2)
-
-
-class MaskHead(nn.Module):
-    """Args:
-        in_channels: FPN width.
-        num_classes: object classes (one mask channel each).
-        mask_size: output mask resolution (any size >= 1; the deconv output, 2 * roi_pool_size, is resized to it when
-            they differ).
-        roi_pool_size: ROIAlign output size (>= 1).
-        num_convs / conv_channels: the shared 3x3 conv stack; its last conv outputs ``mask_channels``.
-        mask_channels: width of the pooled ROI features and the per-ROI convs.
-        roi_convs: 3x3 convs run per ROI (at ``mask_channels``) before the deconv to per-class logits.
-        featmap_names: FPN levels ROIs are pooled from; each box goes to the level that fits its size.
-        featmap_strides: those levels' strides in the pyramid (default 8, 16, 32); the mask features are at half.
-    ``features(pyramid)`` -> conv'd levels (once per image); ``pool(mask_features, boxes, image_size)`` (a list of
-    per-image boxes) or ``pool_rois(mask_features, rois)`` (``[K, 5]``: image index, x1, y1, x2, y2) -> ROI features
-    [K, mask_channels, roi, roi]; ``forward(roi_features)`` -> logits [K, C, mask_size, mask_size];
-    ``mask_probs(mask_features, image_index, boxes, labels)`` -> each detection's mask probabilities [K, M, M].
+    The pooling equals torchvision's ``MultiScaleRoIAlign`` (a test checks it), with two differences that the
+    exported pipeline needs: the scales are given (not inferred from an image list) and ROIs come flat as ``[K, 5]``,
+    with the per-level results scattered back in ROI order, so it traces to TorchScript/ONNX.
     """
 
-    def __init__(self, in_channels: int, num_classes: int, mask_size: int = 28, roi_pool_size: int = 14,
-                 num_convs: int = 4, conv_channels: int = 256, mask_channels: int = 32, roi_convs: int = 1,
-                 featmap_names: list[str] | None = None, sampling_ratio: int = 1,
-                 featmap_strides: list[float] | None = None):
-        super().__init__()
+    def _init_pooling(self, mask_size: int, roi_pool_size: int, featmap_names: list[str] | None,
+                      featmap_strides: list[float] | None, sampling_ratio: int, feature_scale: float = 1.0):
         if int(mask_size) < 1 or int(roi_pool_size) < 1:
             raise ValueError(f"mask_size and roi_pool_size must be >= 1, got {mask_size}, {roi_pool_size}")
-        if num_convs < 1:
-            raise ValueError(f"num_convs must be >= 1, got {num_convs}")
         self.mask_size, self.roi_pool_size = int(mask_size), int(roi_pool_size)
         self.featmap_names = list(featmap_names or ["p3", "p4", "p5"])
         strides = list(featmap_strides or [8, 16, 32][: len(self.featmap_names)])
         if len(strides) != len(self.featmap_names):
             raise ValueError(f"featmap_strides {strides} must give one stride per level of {self.featmap_names}")
-        # the shared 2x upsampling halves the strides; levels are picked by the FPN paper's rule (eq. 1, canonical
-        # 224 px at level 4) as torchvision's MultiScaleRoIAlign does, with the scales given, not inferred
-        self.scales = [2.0 / s for s in strides]
+        # the pooled maps may be finer than the FPN levels (``feature_scale`` 2: a shared 2x upsampling); levels are
+        # picked by the FPN paper's rule (eq. 1, canonical 224 px at level 4), as in MultiScaleRoIAlign
+        self.scales = [feature_scale / s for s in strides]
         self.sampling_ratio = int(sampling_ratio)
-        k = [int(round(math.log2(s / 2))) for s in strides]
+        k = [int(round(math.log2(s / feature_scale))) for s in strides]
         self.level_mapper = LevelMapper(k[0], k[-1])
-        layers, ch = [], in_channels
-        for i in range(num_convs):
-            out = mask_channels if i == num_convs - 1 else conv_channels
-            layers += [nn.Conv2d(ch, out, 3, padding=1), nn.ReLU(inplace=True)]
-            ch = out
-        self.convs = nn.Sequential(*layers)
-        # shared 2x upsampling of the mask features, so ROIs are pooled from a finer map (stride 4 from P3)
-        self.upsample = nn.Sequential(Upsample2x(mask_channels, mask_channels), nn.ReLU(inplace=True))
-        # per-ROI 3x3 convs at the narrow width: they see the instance centred in its ROI (what tells it from its
-        # neighbours), as Mask R-CNN's per-ROI stack does, at a fraction of its cost
-        self.roi_convs = nn.Sequential(*[m for _ in range(roi_convs) for m in (
-            nn.Conv2d(mask_channels, mask_channels, 3, padding=1), nn.ReLU(inplace=True))])
-        # Mask R-CNN's deconv and 1x1 predictor, folded into one linear map: a 2x2 stride-2 transposed conv straight
-        # to per-class logits (no ReLU between them), so the per-ROI upsampling moves 4*C channels, not 4*mask_channels
-        self.predictor = Upsample2x(mask_channels, num_classes)
-        for m in self.modules():
-            if isinstance(m, nn.Conv2d):
-                nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
-                nn.init.zeros_(m.bias)
 
     def features(self, pyramid: OrderedDict[str, torch.Tensor]) -> OrderedDict[str, torch.Tensor]:
-        return OrderedDict((k, self.upsample(self.convs(pyramid[k]))) for k in self.featmap_names)
+        return OrderedDict((k, pyramid[k]) for k in self.featmap_names)
 
-    def pool(self, mask_features: OrderedDict[str, torch.Tensor], boxes: list[torch.Tensor],
+    def pool(self, features: OrderedDict[str, torch.Tensor], boxes: list[torch.Tensor],
              image_size: tuple[int, int] | None = None) -> torch.Tensor:
         """ROI features for per-image box lists (``image_size`` is accepted for compatibility; scales are known)."""
-        ref = next(iter(mask_features.values()))
+        ref = next(iter(features.values()))
         idx = torch.cat([torch.full((len(b), 1), float(i), device=ref.device) for i, b in enumerate(boxes)])
-        return self.pool_rois(mask_features, torch.cat([idx, torch.cat(boxes).to(ref.device).float()], 1))
+        return self.pool_rois(features, torch.cat([idx, torch.cat(boxes).to(ref.device).float()], 1))
 
-    def pool_rois(self, mask_features: OrderedDict[str, torch.Tensor], rois: torch.Tensor) -> torch.Tensor:
-        """Multi-scale ROIAlign of ``rois [K, 5]`` (image index, x1, y1, x2, y2): each ROI is pooled from the level
-        its size maps to, and the per-level results are scattered back in ROI order (a scatter, not an indexed
-        copy, so it traces to TorchScript/ONNX and back-propagates)."""
-        feats = [mask_features[k] for k in self.featmap_names]
+    def pool_rois(self, features: OrderedDict[str, torch.Tensor], rois: torch.Tensor) -> torch.Tensor:
+        """Multi-scale ROIAlign of ``rois [K, 5]``: each ROI is pooled from the level its size maps to, and the
+        per-level results are scattered back in ROI order (a scatter, not an indexed copy, so it traces and
+        back-propagates)."""
+        feats = [features[k] for k in self.featmap_names]
         size = (self.roi_pool_size, self.roi_pool_size)
+        rois = rois.to(feats[0].dtype)
         if len(feats) == 1:
             return roi_align(feats[0], rois, size, self.scales[0], self.sampling_ratio)
         levels = self.level_mapper([rois[:, 1:]])
         out = torch.zeros((rois.shape[0], feats[0].shape[1], *size), dtype=feats[0].dtype, device=rois.device)
-        for level, (f, scale) in enumerate(zip(feats, self.scales)):  # a loop over the 3 pyramid levels
+        for level, (f, scale) in enumerate(zip(feats, self.scales)):  # a loop over the pyramid levels
             idx = torch.where(levels == level)[0]
             pooled = roi_align(f, rois[idx], size, scale, self.sampling_ratio).to(out.dtype)
             out = out.scatter(0, idx.view(-1, 1, 1, 1).expand_as(pooled), pooled)
         return out
 
-    def mask_probs(self, mask_features: OrderedDict[str, torch.Tensor], image_index: torch.Tensor,
-                   boxes: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    def mask_probs(self, features: OrderedDict[str, torch.Tensor], image_index: torch.Tensor, boxes: torch.Tensor,
+                   labels: torch.Tensor) -> torch.Tensor:
         """Mask probabilities [K, M, M] of each detection's own class."""
         rois = torch.cat([image_index[:, None].to(boxes.dtype), boxes], 1)
-        logits = self(self.pool_rois(mask_features, rois))
+        logits = self(self.pool_rois(features, rois))
         idx = labels[:, None, None, None].expand(-1, 1, logits.shape[2], logits.shape[3])
         return torch.sigmoid(logits.gather(1, idx)[:, 0].float())
 
-    def forward(self, roi_features: torch.Tensor) -> torch.Tensor:
-        logits = self.predictor(self.roi_convs(roi_features))
+    def _to_mask_size(self, logits: torch.Tensor) -> torch.Tensor:
         if 2 * self.roi_pool_size != self.mask_size:  # a Python constant, so traces do not branch on shapes
             logits = F.interpolate(logits, size=(self.mask_size, self.mask_size), mode="bilinear",
                                    align_corners=False)
         return logits
+
+
+class MaskHead(RoIMaskHead):
+    """Mask R-CNN's per-ROI mask head (the default, ``head=mask``).
+
+    Args:
+        in_channels: FPN width.
+        num_classes: object classes (one mask channel each).
+        mask_size: output mask resolution (the deconv gives ``2 * roi_pool_size``; resized when they differ).
+        roi_pool_size: ROIAlign output size (14 in Mask R-CNN).
+        num_convs / conv_channels: the per-ROI conv stack (4 x 256 in Mask R-CNN).
+        featmap_names / featmap_strides: FPN levels ROIs are pooled from (default p3-p5 at strides 8, 16, 32).
+        sampling_ratio: ROIAlign sampling points per bin (2, as torchvision's Mask R-CNN).
+    """
+
+    def __init__(self, in_channels: int, num_classes: int, mask_size: int = 28, roi_pool_size: int = 14,
+                 num_convs: int = 4, conv_channels: int = 256, featmap_names: list[str] | None = None,
+                 featmap_strides: list[float] | None = None, sampling_ratio: int = 2):
+        super().__init__()
+        if num_convs < 0:
+            raise ValueError(f"num_convs must be >= 0, got {num_convs}")
+        self._init_pooling(mask_size, roi_pool_size, featmap_names, featmap_strides, sampling_ratio)
+        layers, ch = [], in_channels
+        for _ in range(num_convs):
+            layers += [nn.Conv2d(ch, conv_channels, 3, padding=1), nn.ReLU(inplace=True)]
+            ch = conv_channels
+        self.convs = nn.Sequential(*layers)
+        self.deconv = nn.ConvTranspose2d(ch, ch, 2, stride=2)
+        self.predictor = nn.Conv2d(ch, num_classes, 1)
+        for m in self.modules():  # torchvision's MaskRCNNHeads / MaskRCNNPredictor initialisation
+            if isinstance(m, (nn.Conv2d, nn.ConvTranspose2d)):
+                nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+                nn.init.zeros_(m.bias)
+
+    def forward(self, roi_features: torch.Tensor) -> torch.Tensor:
+        x = F.relu(self.deconv(self.convs(roi_features)))
+        return self._to_mask_size(self.predictor(x))

@@ -7,6 +7,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torchvision.ops import generalized_box_iou_loss, sigmoid_focal_loss
 
+from .mask import MaskLoss
+
 
 class FCOSLoss(nn.Module):
     """Args: focal_alpha, focal_gamma; cls/reg/centerness weights. ``forward`` takes flattened predictions and
@@ -36,11 +38,30 @@ class FCOSLoss(nn.Module):
                 "loss_ctr": self.ctr_w * loss_ctr}
 
 
-class InstanceSegmentationLoss(FCOSLoss):
-    """FCOS losses plus ``mask_loss_weight`` for the mask BCE: the loss-weight bundle ``conf/loss/instance.yaml``
-    configures (``InstanceSegmentor`` takes the same values as arguments)."""
+class InstanceSegmentationLoss(nn.Module):
+    """The instance model's loss: FCOS (sigmoid focal, GIoU, centerness BCE) plus the mask BCE, each weighted.
+
+    ``conf/loss/instance.yaml`` configures it; ``InstanceSegmentor`` builds it (its ``focal_alpha`` ...
+    ``mask_loss_weight`` arguments fill what the config leaves out) and gives it to the ``InstanceModel``.
+    ``forward`` returns ``loss_cls``, ``loss_reg``, ``loss_ctr``, ``loss_mask`` (weighted) and their sum ``loss``.
+    """
 
     def __init__(self, focal_alpha: float = 0.25, focal_gamma: float = 2.0, cls_loss_weight: float = 1.0,
                  reg_loss_weight: float = 1.0, centerness_loss_weight: float = 1.0, mask_loss_weight: float = 1.0):
-        super().__init__(focal_alpha, focal_gamma, cls_loss_weight, reg_loss_weight, centerness_loss_weight)
+        super().__init__()
+        for name, w in (("cls_loss_weight", cls_loss_weight), ("reg_loss_weight", reg_loss_weight),
+                        ("centerness_loss_weight", centerness_loss_weight), ("mask_loss_weight", mask_loss_weight)):
+            if w < 0:
+                raise ValueError(f"loss.{name} must be >= 0, got {w}")
+        self.detection = FCOSLoss(focal_alpha, focal_gamma, cls_loss_weight, reg_loss_weight, centerness_loss_weight)
+        self.mask = MaskLoss()
         self.mask_loss_weight = mask_loss_weight
+
+    def forward(self, cls_logits, pred_boxes, ctr_logits, cls_targets, box_targets, ctr_targets, pos,
+                mask_logits, mask_targets, mask_labels) -> dict:
+        """Detection inputs as in ``FCOSLoss``; ``mask_logits [N, C, M, M]`` of the ground-truth ROIs, their
+        ``mask_targets [N, M, M]`` and ``mask_labels [N]``."""
+        losses = self.detection(cls_logits, pred_boxes, ctr_logits, cls_targets, box_targets, ctr_targets, pos)
+        losses["loss_mask"] = self.mask_loss_weight * self.mask(mask_logits, mask_targets, mask_labels)
+        losses["loss"] = sum(losses.values())
+        return losses

@@ -10,6 +10,8 @@ from typing import Any
 import numpy as np
 from torch import nn
 
+from ..utils import plain
+
 STAGES = ("train", "val", "test")
 
 
@@ -49,8 +51,6 @@ class MetricConfig:
         self.params = dict(self.params or {})
 
     def to_dict(self) -> dict[str, Any]:
-        from ..tasks.base import plain
-
         return plain(asdict(self))
 
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import functools
 import importlib
+import logging
 import math
 import warnings
 from collections.abc import Callable
@@ -19,6 +20,9 @@ from torch import nn
 
 from ..metrics import MetricConfig, MetricManager, as_metric_config
 from ..training.logging_config import LoggingConfig, as_logging_config
+from ..utils import plain
+
+log = logging.getLogger("autotimm")
 
 OPTIMIZERS = {
     "adamw": torch.optim.AdamW,
@@ -27,23 +31,6 @@ OPTIMIZERS = {
     "rmsprop": torch.optim.RMSprop,
 }
 SCHEDULERS = ("cosine", "step", "multistep", "onecycle", "poly", "none")
-
-
-def plain(obj: Any) -> Any:
-    """OmegaConf containers (what Hydra passes) and tuples -> plain dicts/lists, so checkpoints stay loadable with
-    ``weights_only=True``."""
-    try:
-        from omegaconf import DictConfig, ListConfig, OmegaConf
-
-        if isinstance(obj, (DictConfig, ListConfig)):
-            return OmegaConf.to_container(obj, resolve=True)
-    except ImportError:  # pragma: no cover
-        pass
-    if isinstance(obj, dict):
-        return {k: plain(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [plain(v) for v in obj]
-    return obj
 
 
 # --------------------------------------------------------------------------------------------- component specs
@@ -68,15 +55,15 @@ def component_spec(obj: Any, kind: str) -> dict[str, Any] | None:
                     f"to use a ready module instance, subclass the task and set it after __init__")
 
 
-def build_component(spec: dict[str, Any], **required: Any) -> nn.Module:
-    kwargs = {k: v for k, v in spec.items() if k != "_target_"}
-    module, _, name = spec["_target_"].rpartition(".")
+def build_component(spec: dict[str, Any], kind: str = "component", **required: Any) -> nn.Module:
+    """``hydra.utils.instantiate`` of a plain ``{"_target_": ...}`` spec with the arguments only the task knows."""
+    from hydra.errors import InstantiationException
+    from hydra.utils import instantiate
+
     try:
-        cls = getattr(importlib.import_module(module), name)
-    except (ImportError, AttributeError) as e:
-        raise ValueError(f"cannot import {spec['_target_']!r}: {e}") from e
-    kwargs.update(required)
-    return cls(**kwargs)
+        return instantiate(spec, _convert_="all", **required)
+    except InstantiationException as e:
+        raise ValueError(f"{kind}: cannot build {spec['_target_']!r}: {e}") from e
 
 
 def named_choice(value: str, options, field: str) -> str:
@@ -95,8 +82,8 @@ class BaseTask(pl.LightningModule):
     a clear error.
     """
 
-    backbone: nn.Module
     max_nonfinite_steps: int = 10
+    keep_example_outputs: bool = False  # validation steps return batch 0's predictions (set by WandbImagePanels)
     _nonfinite_total: int = 0
     _nonfinite_streak: int = 0
 
@@ -138,6 +125,26 @@ class BaseTask(pl.LightningModule):
                                f"{step}): stopping. Lower the learning rate, enable gradient clipping "
                                f"(trainer.gradient_clip_val) or check the data for bad labels or images.")
         return None
+
+    # preprocessing -----------------------------------------------------------------------------------------
+    @property
+    def preprocess(self) -> dict[str, Any]:
+        """Resolved input preprocessing (``mean``, ``std``, ``interpolation``, ``image_size``, ``pad_multiple``):
+        plain data in ``hparams["preprocess"]``, so it travels with every checkpoint."""
+        return self.hparams["preprocess"]
+
+    def update_preprocess(self, source: str, **values: Any) -> None:
+        """Adopt what the data actually uses (a data module's explicit ``mean``/``std``, its ``image_size``), so
+        the checkpoint reproduces it; each change is logged."""
+        pre = self.hparams["preprocess"]
+        for key, value in values.items():
+            if value is None:
+                continue
+            value = [float(v) for v in value] if isinstance(value, (list, tuple)) else value
+            if pre.get(key) != value:
+                if pre.get(key) is not None:
+                    log.info("preprocess.%s: %s -> %s (from %s)", key, pre.get(key), value, source)
+                pre[key] = value
 
     # hparams as data ---------------------------------------------------------------------------------------
     @staticmethod
@@ -200,12 +207,10 @@ class BaseTask(pl.LightningModule):
             raise TypeError(f"scheduler must be a name, a dict or None, got {type(sch)!r}")
 
     def _param_groups(self, weight_decay: float):
-        decay, no_decay = [], []
-        for _, p in self.named_parameters():
-            if not p.requires_grad:
-                continue
-            (no_decay if p.ndim <= 1 else decay).append(p)  # no weight decay on norms and biases
-        return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+        """No weight decay on norms and biases (timm's ``param_groups_weight_decay``: 1-d parameters)."""
+        from timm.optim import param_groups_weight_decay
+
+        return param_groups_weight_decay(self, weight_decay)
 
     def configure_optimizers(self):
         opt_cfg = {"name": self.optimizer_cfg} if isinstance(self.optimizer_cfg, str) else dict(self.optimizer_cfg)

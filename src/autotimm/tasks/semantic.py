@@ -1,4 +1,7 @@
-"""SemanticSegmentor: timm backbone -> head -> per-pixel logits at input resolution."""
+"""SemanticSegmentor: the Lightning task that trains a ``SemanticModel`` (timm backbone -> head -> per-pixel logits).
+
+The task holds no model math: it builds the model (or receives one), and owns the loss, metrics, logging,
+optimizer and scheduler."""
 
 from __future__ import annotations
 
@@ -6,15 +9,16 @@ from collections.abc import Sequence
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
-from ..backbones import FeatureBackboneConfig, TimmFeatureBackbone, as_backbone_config
+from ..backbones import FeatureBackboneConfig, TimmFeatureBackbone, as_backbone_config, resolve_preprocess
 from ..heads import HEADS
 from ..losses import LOSSES
 from ..metrics import MetricConfig
+from ..models.semantic import SemanticModel, logits_to_original
 from ..training.logging_config import LoggingConfig
-from .base import BaseTask, Factory, build_component, component_spec, named_choice, plain
+from ..utils import plain
+from .base import BaseTask, Factory, build_component, component_spec, named_choice
 
 
 class SemanticSegmentor(BaseTask):
@@ -42,6 +46,16 @@ class SemanticSegmentor(BaseTask):
             (Hydra's ``conf/head/*.yaml`` pass this.)
         loss: a loss factory overriding ``loss_type`` (same forms), called with ``num_classes`` and ``ignore_index``.
         channels_last: run convolutions in channels-last memory format.
+        preprocess: overrides of the input preprocessing (``mean``, ``std``, ``interpolation``, ``image_size``,
+            ``pad_multiple``); the rest comes from the backbone's timm pretrained config (see
+            ``autotimm.backbones.resolve_preprocess``). The resolved values are kept in ``hparams["preprocess"]``
+            and used by the data module, ``eval.py``, ``predict.py`` and export alike. ``image_size`` also builds
+            fixed-size backbones (NesT, ResMLP, LeViT...) for that size.
+        model: a ready ``SemanticModel`` (or any module with the same contract) to train instead of building one
+            from ``backbone`` and ``head``; it is not saved in the hyper-parameters, so reload such a checkpoint
+            with ``load_from_checkpoint(path, model=...)``.
+
+    The network is ``self.model`` (a plain ``nn.Module``); ``self.backbone`` and ``self.head`` point into it.
     """
 
     def __init__(
@@ -65,6 +79,8 @@ class SemanticSegmentor(BaseTask):
         head: Factory | dict | None = None,
         loss: Factory | dict | None = None,
         channels_last: bool = False,
+        preprocess: dict | None = None,
+        model: nn.Module | None = None,
     ):
         super().__init__()
         if not isinstance(num_classes, int) or num_classes < 1:
@@ -74,6 +90,13 @@ class SemanticSegmentor(BaseTask):
         backbone_cfg = as_backbone_config(backbone)
         head_spec = component_spec(head, "head") or {"_target_": _path(HEADS[head_type])}
         loss_spec = component_spec(loss, "loss") or _default_loss_spec(loss_type, ce_weight, dice_weight)
+        preprocess = plain(preprocess)
+        if model is None:
+            net = TimmFeatureBackbone(backbone_cfg, image_size=(preprocess or {}).get("image_size"))
+            head_module = build_component(head_spec, "head", in_channels=net.channels, num_classes=num_classes,
+                                          reductions=net.reductions)
+            model = SemanticModel(net, head_module, channels_last)
+        preprocess = resolve_preprocess(model.backbone, preprocess)
 
         # hparams are plain data; weights come from the checkpoint, so reloading never downloads them again
         backbone = {**backbone_cfg.to_dict(), "pretrained": False}
@@ -83,17 +106,15 @@ class SemanticSegmentor(BaseTask):
             logging_config = logging_config.to_dict()
         logging_config = plain(logging_config)
         optimizer, scheduler, compile_kwargs = plain(optimizer), plain(scheduler), plain(compile_kwargs)
-        self.save_hyperparameters()
+        self.save_hyperparameters(ignore=["model"])
 
         self.num_classes = num_classes
         self.ignore_index = ignore_index
         self.head_type = _name_of(head_spec, HEADS, head_type)
         self.loss_type = _name_of(loss_spec, LOSSES, loss_type)
         self.channels_last = channels_last
-        self.backbone = TimmFeatureBackbone(backbone_cfg)
-        self.head = build_component(head_spec, in_channels=self.backbone.channels, num_classes=num_classes,
-                                    reductions=self.backbone.reductions)
-        self.criterion = build_component(loss_spec, num_classes=num_classes, ignore_index=ignore_index)
+        self.model = model
+        self.criterion = build_component(loss_spec, "loss", num_classes=num_classes, ignore_index=ignore_index)
         self._setup_common(lr=lr, weight_decay=weight_decay, optimizer=optimizer, scheduler=scheduler,
                            metrics=metrics, metric_defaults={"num_classes": num_classes, "ignore_index": ignore_index},
                            logging_config=logging_config, freeze_backbone=freeze_backbone,
@@ -101,44 +122,33 @@ class SemanticSegmentor(BaseTask):
         if channels_last:
             self.to(memory_format=torch.channels_last)
 
+    @property
+    def backbone(self) -> nn.Module:
+        return self.model.backbone
+
+    @property
+    def head(self) -> nn.Module:
+        return self.model.head
+
     def compiled_modules(self) -> list[nn.Module]:
-        return [self.backbone, self.head]
+        return [self.model.backbone, self.model.head]
 
     # inference ---------------------------------------------------------------------------------------------------
     def forward(self, images: torch.Tensor) -> torch.Tensor:
-        """Logits ``[B, num_classes, H, W]`` at the input resolution."""
-        if self.channels_last:
-            images = images.contiguous(memory_format=torch.channels_last)
-        logits = self.head(self.backbone(images))
-        return F.interpolate(logits, size=images.shape[-2:], mode="bilinear", align_corners=False)
+        """Logits ``[B, num_classes, H, W]`` at the input resolution (``SemanticModel.forward``)."""
+        return self.model(images)
 
     @torch.no_grad()
     def predict(self, images: torch.Tensor, original_size: Sequence[int] | None = None) -> torch.Tensor:
         """Class ids ``[B, H, W]`` (int64) at the input resolution, or at ``original_size=(H, W)`` when given
         (logits are resized before the argmax, so boundaries stay smooth)."""
-        was_training = self.training
-        self.eval()
-        try:
-            logits = self(images)
-            if original_size is not None:
-                logits = F.interpolate(logits, size=tuple(int(s) for s in original_size), mode="bilinear",
-                                       align_corners=False)
-            return logits.argmax(dim=1)
-        finally:
-            self.train(was_training)
+        return self.model.predict(images, original_size)
 
-    def logits_to_original(self, logits: torch.Tensor, valid_size: torch.Tensor | None,
+    @staticmethod
+    def logits_to_original(logits: torch.Tensor, valid_size: torch.Tensor | None,
                            orig_size: torch.Tensor) -> list[torch.Tensor]:
         """Per image: crop the un-padded region, resize logits to the original size, argmax -> ``[h, w]``."""
-        out = []
-        for i in range(logits.shape[0]):
-            lg = logits[i: i + 1]
-            if valid_size is not None:
-                vh, vw = (int(v) for v in valid_size[i])
-                lg = lg[..., :vh, :vw]
-            h, w = (int(v) for v in orig_size[i])
-            out.append(F.interpolate(lg, size=(h, w), mode="bilinear", align_corners=False).argmax(1)[0])
-        return out
+        return [lg.argmax(0) for lg in logits_to_original(logits, valid_size, orig_size)]
 
     # steps -------------------------------------------------------------------------------------------------------
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:
@@ -155,7 +165,7 @@ class SemanticSegmentor(BaseTask):
             self._log_metrics("train")
         return loss
 
-    def _eval_step(self, batch: dict[str, Any], stage: str) -> torch.Tensor:
+    def _eval_step(self, batch: dict[str, Any], stage: str, batch_idx: int = 0):
         images, masks = batch["image"], batch["mask"]
         logits = self(images)
         loss = self.criterion(logits, masks)
@@ -173,13 +183,15 @@ class SemanticSegmentor(BaseTask):
                 for _, metric in metrics:
                     metric.update(preds, masks)
             self._log_metrics(stage, on_step=False)
+        if self.keep_example_outputs and batch_idx == 0:  # for the W&B panels: no second forward pass
+            return {"loss": loss, "preds": logits.detach().argmax(1)}
         return loss
 
-    def validation_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:
-        return self._eval_step(batch, "val")
+    def validation_step(self, batch: dict[str, Any], batch_idx: int):
+        return self._eval_step(batch, "val", batch_idx)
 
-    def test_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:
-        return self._eval_step(batch, "test")
+    def test_step(self, batch: dict[str, Any], batch_idx: int):
+        return self._eval_step(batch, "test", batch_idx)
 
     def predict_step(self, batch: dict[str, Any] | torch.Tensor, batch_idx: int = 0, dataloader_idx: int = 0):
         """A tensor batch -> ``[B,H,W]`` class ids; a datamodule batch -> one ``[h,w]`` map per image at its

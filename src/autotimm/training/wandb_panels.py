@@ -10,13 +10,14 @@ import numpy as np
 import pytorch_lightning as pl
 import torch
 
-from ..data.transforms import IMAGENET_MEAN, IMAGENET_STD
+from ..data.transforms import DEFAULT_PREPROCESS
 
 
-def to_uint8(images: torch.Tensor) -> np.ndarray:
-    """Normalised [B,3,H,W] -> uint8 [B,H,W,3]."""
-    mean = torch.tensor(IMAGENET_MEAN, device=images.device)[:, None, None]
-    std = torch.tensor(IMAGENET_STD, device=images.device)[:, None, None]
+def to_uint8(images: torch.Tensor, preprocess: dict | None = None) -> np.ndarray:
+    """Normalised [B,3,H,W] -> uint8 [B,H,W,3], undoing the model's mean/std."""
+    pre = preprocess or DEFAULT_PREPROCESS
+    mean = torch.tensor(pre["mean"], device=images.device)[:, None, None]
+    std = torch.tensor(pre["std"], device=images.device)[:, None, None]
     x = (images.float() * std + mean).clamp(0, 1) * 255
     return x.permute(0, 2, 3, 1).round().to(torch.uint8).cpu().numpy()
 
@@ -31,10 +32,15 @@ def instance_label_map(masks: torch.Tensor, labels: torch.Tensor, shape) -> np.n
 
 class WandbImagePanels(pl.Callback):
     """Logs ``num_images`` validation images (from the first validation batch) each validation epoch under
-    ``val/examples``."""
+    ``val/examples``. The predictions are the ones the validation step computed (the task returns them for batch 0
+    while this callback is attached): no second forward pass."""
 
     def __init__(self, num_images: int = 4):
         self.num_images = num_images
+
+    def setup(self, trainer, pl_module, stage: str) -> None:
+        if self._wandb_logger(trainer) is not None:
+            pl_module.keep_example_outputs = True
 
     @staticmethod
     def _wandb_logger(trainer):
@@ -52,7 +58,7 @@ class WandbImagePanels(pl.Callback):
 
     @torch.no_grad()
     def on_validation_batch_end(self, trainer, pl_module, outputs, batch, batch_idx, dataloader_idx=0):
-        if batch_idx != 0 or trainer.sanity_checking or not trainer.is_global_zero:
+        if batch_idx != 0 or trainer.sanity_checking or not trainer.is_global_zero or not isinstance(outputs, dict):
             return
         logger = self._wandb_logger(trainer)
         if logger is None:
@@ -61,12 +67,12 @@ class WandbImagePanels(pl.Callback):
 
         k = min(self.num_images, batch["image"].shape[0])
         images = batch["image"][:k]
-        pixels = to_uint8(images)
+        pixels = to_uint8(images, getattr(pl_module, "preprocess", None))
         instance = "targets" in batch
         labels = self._class_labels(trainer, pl_module, instance)
         panels = []
         if instance:
-            preds = pl_module.detect(pl_module(images), tuple(images.shape[-2:]))
+            preds = outputs["detections"]
             for i in range(k):
                 p, t = preds[i], batch["targets"][i]
                 shape = pixels[i].shape[:2]
@@ -81,7 +87,7 @@ class WandbImagePanels(pl.Callback):
                                                  "ground_truth": {"mask_data": instance_label_map(
                                                      t["masks"], t["labels"], shape), "class_labels": labels}}))
         else:
-            preds = pl_module(images).argmax(1).cpu().numpy().astype(np.uint8)
+            preds = outputs["preds"][:k].cpu().numpy().astype(np.uint8)
             gts = batch["mask"][:k].cpu().numpy().astype(np.uint8)
             for i in range(k):
                 panels.append(wandb.Image(pixels[i], masks={

@@ -1,0 +1,158 @@
+"""InstanceModel: backbone -> FPN -> FCOS head (boxes, classes) + ROI mask head, with FCOS target assignment and
+post-processing beside it. A plain ``nn.Module`` (no Lightning), torchvision-detection style: given targets it
+returns the losses, otherwise the detections; ``predict_flat`` is the traceable pipeline ``export.py`` exports."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torchvision.ops import roi_align
+
+from .fcos import assign_targets, decode_boxes, level_ranges, make_points, pad_targets, paste_masks, postprocess
+
+
+class InstanceModel(nn.Module):
+    """Args:
+        backbone: feature extractor (``TimmFeatureBackbone``).
+        fpn: ``autotimm.heads.FPN`` over the backbone's levels (``strides``, ``names``).
+        head: ``autotimm.heads.FCOSHead`` over the FPN levels.
+        mask_head: a ``RoIMaskHead`` (``MaskHead``, Mask R-CNN's per-ROI head; or ``SharedMaskHead``).
+        criterion: ``autotimm.losses.InstanceSegmentationLoss`` (focal, GIoU, centerness, mask BCE and their weights).
+        score_thresh / nms_thresh / max_detections_per_image / mask_threshold: post-processing.
+        center_radius: FCOS centre sampling radius, in strides.
+        category_ids: label -> dataset category id, added to predictions as ``category_ids`` when known.
+        channels_last: run convolutions in channels-last memory format.
+    """
+
+    def __init__(self, backbone: nn.Module, fpn: nn.Module, head: nn.Module, mask_head: nn.Module,
+                 criterion: nn.Module, num_classes: int, score_thresh: float = 0.05, nms_thresh: float = 0.5,
+                 max_detections_per_image: int = 100, mask_threshold: float = 0.5, center_radius: float = 1.5,
+                 category_ids: list[int] | None = None, channels_last: bool = False):
+        super().__init__()
+        self.backbone, self.fpn, self.head, self.mask_head, self.criterion = backbone, fpn, head, mask_head, criterion
+        self.num_classes = num_classes
+        self.score_thresh, self.nms_thresh = float(score_thresh), float(nms_thresh)
+        self.max_detections, self.mask_threshold = int(max_detections_per_image), float(mask_threshold)
+        self.center_radius = center_radius
+        self.category_ids = list(category_ids) if category_ids else None
+        self.channels_last = channels_last
+        self._points_cache: dict = {}
+
+    # raw outputs -------------------------------------------------------------------------------------------------
+    def features(self, images: torch.Tensor) -> dict[str, Any]:
+        """Raw outputs: FPN levels, mask-head features, class logits [B,P,C], box regression [B,P,4] (stride
+        units), centerness logits [B,P], and the locations (points, strides, size ranges)."""
+        if self.channels_last:
+            images = images.contiguous(memory_format=torch.channels_last)
+        pyramid = self.fpn(self.backbone(images))
+        levels = list(pyramid.values())
+        cls, reg, ctr = self.head(levels)
+        sizes = tuple(tuple(f.shape[-2:]) for f in levels)
+        if torch.jit.is_tracing():  # sizes are traced values: build the locations in the graph
+            points, strides, _ = make_points([f.shape[-2:] for f in levels], self.fpn.strides, images.device)
+            ranges = None
+        else:
+            key = (sizes, images.device)
+            if key not in self._points_cache:
+                points, strides, lvl = make_points(list(sizes), self.fpn.strides, images.device)
+                self._points_cache = {key: (points, strides, level_ranges(len(sizes), lvl))}
+            points, strides, ranges = self._points_cache[key]
+        return {"features": pyramid, "mask_features": self.mask_head.features(pyramid), "cls": cls, "reg": reg,
+                "ctr": ctr, "points": points, "strides": strides, "ranges": ranges,
+                "image_size": images.shape[-2:]}
+
+    # training ----------------------------------------------------------------------------------------------------
+    def compute_losses(self, out: dict[str, Any], targets: list[dict]) -> dict[str, torch.Tensor]:
+        """Weighted losses ``loss_cls``, ``loss_reg``, ``loss_ctr``, ``loss_mask`` and their sum ``loss``."""
+        gt_boxes, gt_labels, gt_valid = pad_targets(targets, out["cls"].device)
+        pos, labels, boxes_t, ctr_t = assign_targets(out["points"], out["strides"], out["ranges"], gt_boxes,
+                                                     gt_labels, gt_valid, self.center_radius)
+        C = self.num_classes
+        cls_t = F.one_hot(labels, C).float() * pos[..., None]
+        pred_boxes = decode_boxes(out["points"], out["strides"], out["reg"].float())
+        mask_logits, mask_t, mask_labels = self._mask_inputs(out["mask_features"], targets)
+        return self.criterion(out["cls"].reshape(-1, C), pred_boxes.reshape(-1, 4), out["ctr"].reshape(-1),
+                              cls_t.reshape(-1, C), boxes_t.reshape(-1, 4), ctr_t.reshape(-1), pos.reshape(-1),
+                              mask_logits, mask_t, mask_labels)
+
+    def _mask_inputs(self, features, targets: list[dict]):
+        """ROIs are the ground-truth boxes; mask targets are the ground-truth masks cropped and resized to them
+        (``roi_align`` of the binary masks, thresholded at 0.5), as in Mask R-CNN."""
+        rois = [t["boxes"].float() for t in targets]
+        n = sum(len(r) for r in rois)
+        m = self.mask_head.mask_size
+        if n == 0:  # no instance: a zero that keeps every mask-head parameter in the graph (DDP needs them)
+            zero = sum(p.sum() for p in self.mask_head.parameters()) * 0.0
+            ref = next(iter(features.values()))
+            return zero.reshape(1, 1, 1, 1).expand(0, self.num_classes, m, m), ref.new_zeros(0, m, m), \
+                torch.zeros(0, dtype=torch.long, device=ref.device)
+        logits = self.mask_head(self.mask_head.pool(features, rois))
+        masks = torch.cat([t["masks"] for t in targets]).to(logits.device)
+        if len(masks) != n:
+            raise ValueError(f"targets hold {n} boxes but {len(masks)} masks; each instance needs both")
+        boxes = torch.cat(rois).to(logits.device)
+        idx = torch.arange(n, device=boxes.device, dtype=boxes.dtype)[:, None]
+        target = roi_align(masks[:, None].float(), torch.cat([idx, boxes], 1), (m, m), 1.0, 0, aligned=True)[:, 0]
+        labels = torch.cat([t["labels"] for t in targets]).to(logits.device)
+        return logits, (target >= 0.5).float(), labels
+
+    # inference ---------------------------------------------------------------------------------------------------
+    def detections(self, out: dict[str, Any]):
+        """Flat over the batch, grouped by image, best score first: image index [D], boxes [D,4] (input pixels),
+        scores [D], labels [D] and own-class mask probabilities [D, M, M]. No Python control flow on data."""
+        img, boxes, scores, labels = postprocess(out["cls"], out["reg"], out["ctr"], out["points"], out["strides"],
+                                                 out["image_size"], self.score_thresh, self.nms_thresh,
+                                                 self.max_detections)
+        probs = self.mask_head.mask_probs(out["mask_features"], img, boxes, labels)
+        return img, boxes, scores, labels, probs
+
+    def detect(self, out: dict[str, Any], orig_sizes=None, valid_sizes=None) -> list[dict[str, torch.Tensor]]:
+        """One dict per image; boxes and masks at the input size, or mapped to ``orig_sizes`` (un-padding with
+        ``valid_sizes``) when given."""
+        B = out["cls"].shape[0]
+        img, boxes, scores, labels, probs = self.detections(out)
+        counts = torch.bincount(img, minlength=B).tolist()
+        h, w = (int(v) for v in out["image_size"])
+        results = []
+        for i, (b, s, lab, p) in enumerate(zip(torch.split(boxes, counts), torch.split(scores, counts),
+                                               torch.split(labels, counts), torch.split(probs, counts))):
+            oh, ow = h, w  # one paste per image: images may have different original sizes
+            if orig_sizes is not None:
+                oh, ow = (int(v) for v in orig_sizes[i])
+                vh, vw = (int(v) for v in valid_sizes[i]) if valid_sizes is not None else (h, w)
+                b = b * torch.tensor([ow / vw, oh / vh, ow / vw, oh / vh], device=b.device)
+            masks = paste_masks(p, b, oh, ow) >= self.mask_threshold
+            res = {"boxes": b, "labels": lab, "scores": s, "masks": masks.to(torch.uint8)}
+            if self.category_ids:
+                res["category_ids"] = torch.tensor(self.category_ids, device=lab.device)[lab]
+            results.append(res)
+        return results
+
+    def forward(self, images: torch.Tensor, targets: list[dict] | None = None):
+        """With ``targets``: the losses (dict). Without: one detection dict per image at the input resolution."""
+        out = self.features(images)
+        if targets is not None:
+            return self.compute_losses(out, targets)
+        return self.detect(out)
+
+    @torch.no_grad()
+    def predict(self, images: torch.Tensor) -> list[dict[str, torch.Tensor]]:
+        """Detections in eval mode (the previous mode is restored)."""
+        was_training = self.training
+        self.eval()
+        try:
+            return self(images)
+        finally:
+            self.train(was_training)
+
+    def predict_flat(self, images: torch.Tensor):
+        """The exported pipeline: ``(image_index [D], boxes [D,4], scores [D], labels [D], masks [D,H,W] uint8)``
+        at the input resolution, flat over the batch. Traces with dynamic batch, size and detection count."""
+        out = self.features(images)
+        img, boxes, scores, labels, probs = self.detections(out)
+        size = images.shape[-2:]
+        masks = (paste_masks(probs, boxes, size[0], size[1]) >= self.mask_threshold).to(torch.uint8)
+        return img, boxes, scores, labels, masks
