@@ -1,5 +1,7 @@
 """export.py: TorchScript and ONNX pipelines (semantic class maps, instance detections) equal the eager model."""
 
+import json
+
 import pytest
 import torch
 from test_predict import save
@@ -30,6 +32,16 @@ def test_export_matches_eager(tmp_path, fmt):
 
             got = torch.from_numpy(ort.InferenceSession(str(out)).run(None, {"images": x.numpy()})[0])
         assert got.shape == want.shape and torch.equal(got.long(), want)
+    # the preprocessing travels with the exported file
+    if fmt == "torchscript":
+        files = {"preprocess.json": ""}
+        torch.jit.load(str(out), _extra_files=files)
+        meta = files["preprocess.json"]
+    else:
+        import onnx
+
+        meta = {p.key: p.value for p in onnx.load(str(out)).metadata_props}["preprocess"]
+    assert json.loads(meta) == model.preprocess
 
 
 def instance_model(**kw):

@@ -31,13 +31,17 @@ def test_logging_config_logs_lr_grad_and_weight_norms():
 def test_auto_trainer_default_callbacks(tmp_path):
     t = AutoTrainer(default_root_dir=str(tmp_path), checkpoint_monitor="val/miou", checkpoint_mode="max")
     kinds = {type(c) for c in t.callbacks}
-    assert {ModelCheckpoint, RichProgressBar, LearningRateMonitor, EpochSummary} <= kinds
+    assert {ModelCheckpoint, RichProgressBar, EpochSummary} <= kinds
+    assert LearningRateMonitor not in kinds  # one learning-rate logger: the task's train/lr
     ck = t.checkpoint_callback
     assert ck.monitor == "val/miou" and ck.mode == "max" and ck.save_last
     mine = ModelCheckpoint(monitor="val/loss")
     t = AutoTrainer(callbacks=[mine], logger=False, enable_progress_bar=False)
     assert t.checkpoint_callback is mine
     assert not any(isinstance(c, (RichProgressBar, LearningRateMonitor)) for c in t.callbacks)
+    t = AutoTrainer(default_callbacks=False, logger=False)  # Hydra's path: callbacks come from conf/callbacks/
+    assert not any(isinstance(c, EpochSummary) for c in t.callbacks)
+    assert t.checkpoint_callback.monitor is None  # only Lightning's own default, not AutoTrainer's best/last
     with pytest.raises(ValueError, match="checkpoint_mode"):
         AutoTrainer(checkpoint_mode="best")
 

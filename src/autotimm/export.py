@@ -8,10 +8,14 @@ by descending score within an image): ``image_index [D]`` (int64), ``boxes [D,4]
 Both are traced (``torch.jit.trace`` / ``torch.onnx.export(dynamo=False)``) from code written without Python
 control flow on data, so batch size, image size and the number of detections stay dynamic; NMS and ROIAlign
 export as ONNX ``NonMaxSuppression`` / ``RoiAlign`` (torchvision's symbolics, opset 17).
+
+The model's ``preprocess`` (mean, std, interpolation, training size) travels with the file: the ONNX model's
+metadata property ``preprocess`` and the TorchScript archive's extra file ``preprocess.json`` (JSON both).
 """
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import torch
@@ -71,9 +75,11 @@ def _export(wrapper: nn.Module, model, path: str | Path, fmt: str, example: torc
     wrapper.eval()
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
+    meta = json.dumps(getattr(model, "preprocess", None) or {})  # how to normalise the input, with the model
     with torch.no_grad():
         if fmt == "torchscript":
-            torch.jit.trace(wrapper, example, check_trace=False).save(str(path))
+            torch.jit.trace(wrapper, example, check_trace=False).save(str(path),
+                                                                       _extra_files={"preprocess.json": meta})
             return path
         try:
             torch.onnx.export(wrapper, (example,), str(path), dynamo=False, opset_version=17, input_names=["images"],
@@ -83,4 +89,9 @@ def _export(wrapper: nn.Module, model, path: str | Path, fmt: str, example: torc
             name = getattr(getattr(getattr(model, "backbone", None), "config", None), "model_name", "?")
             raise RuntimeError(f"format=onnx: cannot export this model (backbone {name}): {e}. Use "
                                f"format=torchscript, which supports every op") from e
+    import onnx
+
+    proto = onnx.load(str(path))
+    onnx.helper.set_model_props(proto, {"preprocess": meta})
+    onnx.save(proto, str(path))
     return path

@@ -20,7 +20,8 @@ def export(cfg: DictConfig) -> Path:
     model = load_task(ckpt)
     suffix = ".pt" if fmt == "torchscript" else ".onnx"
     out = Path(str(cfg.output)) if cfg.get("output") else ckpt.with_suffix(suffix)
-    path = export_model(model, out, fmt, int(cfg.image_size))
+    size = cfg.get("image_size") or model.preprocess.get("image_size") or 128
+    path = export_model(model, out, fmt, int(size))
     if isinstance(model, InstanceSegmentor):
         what = f"normalised images [B,3,H,W] -> {', '.join(INSTANCE_OUTPUTS)} (flat over the batch, after NMS)"
     else:

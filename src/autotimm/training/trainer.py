@@ -8,7 +8,7 @@ from typing import Any
 import pytorch_lightning as pl
 import torch
 from lightning_fabric.plugins import CheckpointIO
-from pytorch_lightning.callbacks import LearningRateMonitor, ModelCheckpoint, RichProgressBar
+from pytorch_lightning.callbacks import ModelCheckpoint, RichProgressBar
 from pytorch_lightning.loggers import Logger, WandbLogger
 
 from .callbacks import EpochSummary
@@ -37,9 +37,13 @@ class AutoTrainer(pl.Trainer):
 
     - ``ModelCheckpoint`` keeping the best checkpoint on ``checkpoint_monitor`` (``best-...ckpt``) and ``last.ckpt``;
     - ``RichProgressBar`` (when the progress bar is enabled);
-    - ``LearningRateMonitor`` (when a logger is configured);
     - ``EpochSummary``: one log line per validation epoch (readable in log files and CI);
-    - ``WandbImagePanels`` (with a ``WandbLogger``): validation images with prediction / ground-truth overlays.
+    - ``WandbImagePanels`` (with a ``WandbLogger``, also when ``default_callbacks=False``): validation images with
+      prediction / ground-truth overlays.
+
+    ``default_callbacks=False`` adds none of the first three: the Hydra configs declare them in
+    ``conf/callbacks/default.yaml`` instead, so each is declared once. The learning rate is logged by the task
+    (``train/lr``, ``LoggingConfig.log_learning_rate``), not by a second logger.
 
     Checkpoints are written atomically (``AtomicCheckpointIO``) unless another ``CheckpointIO`` plugin is given.
     ``precision="auto"`` picks bf16 autocast where the hardware has it (see ``auto_precision``), else fp32.
@@ -53,12 +57,13 @@ class AutoTrainer(pl.Trainer):
     """
 
     def __init__(self, checkpoint_monitor: str | None = "val/loss", checkpoint_mode: str = "min",
-                 checkpoint_dir: str | None = None, callbacks: list[pl.Callback] | None = None, **trainer_kwargs: Any):
+                 checkpoint_dir: str | None = None, callbacks: list[pl.Callback] | None = None,
+                 default_callbacks: bool = True, **trainer_kwargs: Any):
         if checkpoint_mode not in ("min", "max"):
             raise ValueError(f"checkpoint_mode must be 'min' or 'max', got {checkpoint_mode!r}")
         callbacks = list(callbacks or [])
         def have(t):
-            return any(isinstance(c, t) for c in callbacks)
+            return any(isinstance(c, t) for c in callbacks) or not default_callbacks
         if trainer_kwargs.get("enable_checkpointing", True) and not have(ModelCheckpoint):
             root = trainer_kwargs.get("default_root_dir") or "."
             callbacks.append(ModelCheckpoint(
@@ -71,10 +76,9 @@ class AutoTrainer(pl.Trainer):
         loggers = trainer_kwargs.get("logger")
         # a list, or a ListConfig when Hydra passes it
         loggers = [loggers] if loggers is None or isinstance(loggers, (bool, Logger)) else list(loggers)
-        if any(isinstance(lg, WandbLogger) for lg in loggers) and not have(WandbImagePanels):
+        if any(isinstance(lg, WandbLogger) for lg in loggers) and \
+                not any(isinstance(c, WandbImagePanels) for c in callbacks):
             callbacks.append(WandbImagePanels())
-        if trainer_kwargs.get("logger", True) not in (False, None, []) and not have(LearningRateMonitor):
-            callbacks.append(LearningRateMonitor(logging_interval="step"))
         plugins = list(trainer_kwargs.get("plugins") or [])
         if not any(isinstance(p, CheckpointIO) for p in plugins):
             plugins.append(AtomicCheckpointIO())  # a kill during a save never leaves a truncated checkpoint
