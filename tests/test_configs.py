@@ -157,3 +157,20 @@ def test_instance_overrides(tmp_path):
     model = instantiate(cfg.model)
     assert model.mask_head.mask_size == 14 and model.mask_head.roi_pool_size == 7 and model.mask_loss_weight == 2.0
     assert cfg.optimized_metric == "val/mask_map_50"
+
+
+def test_recipes_live_in_experiment_and_follow_the_dataset(tmp_path):
+    """One concept per file: dataset configs hold data only; a dataset's recipe is experiment/<dataset>.yaml, which
+    the defaults select with it; an explicit experiment replaces it; real datasets keep the configs' defaults."""
+    from omegaconf import OmegaConf
+
+    for f in (CONF / "dataset").glob("*.yaml"):
+        assert not {"model", "trainer", "backbone"} & set(OmegaConf.load(f)), f"{f.name} sets more than data"
+    cfg = compose_cfg(tmp_path, [])
+    assert (cfg.model.lr, cfg.trainer.max_epochs, cfg.backbone.pretrained) == (3e-3, 20, False)
+    cfg = compose_cfg(tmp_path, ["model=instance"])
+    assert (cfg.model.lr, cfg.trainer.check_val_every_n_epoch, cfg.backbone.pretrained) == (1e-3, 2, False)
+    cfg = compose_cfg(tmp_path, ["experiment=ablate_mask_size"])
+    assert cfg.model.lr == 1e-3 and cfg.task_name == "ablate_mask_size" and cfg.dataset.num_classes == 4
+    cfg = compose_cfg(tmp_path, ["dataset=cityscapes"])
+    assert "lr" not in cfg.model and cfg.backbone.pretrained is True and cfg.trainer.max_epochs == 50
