@@ -94,7 +94,8 @@ def main():
             ok += 1
         except Exception as e:  # noqa: BLE001 - reported
             last = traceback.extract_tb(e.__traceback__)[-1]
-            result = f"FAIL {type(e).__name__}: {str(e).splitlines()[0][:100]} ({last.filename.split('/')[-1]}:{last.lineno})"
+            msg = (str(e).splitlines() or [""])[0][:100]
+            result = f"FAIL {type(e).__name__}: {msg} ({last.filename.split('/')[-1]}:{last.lineno})"
         print(f"| {name} | {n / 1e6:.1f} | {result} | {time.perf_counter() - t:.1f} |", flush=True)
     print(f"\n{ok} of {tried} architectures under {args.max_params / 1e6:.0f}M parameters train and predict "
           f"({100 * ok / max(1, tried):.0f}%)")

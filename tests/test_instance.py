@@ -111,7 +111,7 @@ def test_mask_head_pooling_equals_torchvision_multiscale_roi_align():
 
     from torchvision.ops import MultiScaleRoIAlign
 
-    from autotimm.heads import MaskHead, SharedMaskHead
+    from autotimm.heads import SharedMaskHead
 
     torch.manual_seed(0)
     # the shared head pools from its 2x-upsampled maps (strides 4, 8, 16), Mask R-CNN's head from P3-P5 (8, 16, 32)

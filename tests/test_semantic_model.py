@@ -1,5 +1,7 @@
 """SemanticSegmentor: shapes and resolutions, every timm test model, heads, optimizers, checkpoints, metrics."""
 
+import re
+
 import pytest
 import pytorch_lightning as pl
 import timm
@@ -7,7 +9,7 @@ import torch
 
 from autotimm import FeatureBackboneConfig, LoggingConfig, MetricConfig, SemanticSegmentor
 from autotimm.backbones import TimmFeatureBackbone
-from autotimm.heads import FCNHead
+from autotimm.heads import HEADS, FCNHead
 
 TINY = FeatureBackboneConfig("test_resnet", pretrained=False)
 
@@ -108,7 +110,7 @@ def test_optimizers_and_schedulers(optimizer, scheduler):
 
 
 @pytest.mark.parametrize("kw, match", [
-    ({"head_type": "unet"}, r"head_type: unknown value 'unet'; valid: \['deeplabv3plus', 'fcn'\]"),
+    ({"head_type": "pspnet"}, r"head_type: unknown value 'pspnet'; valid: " + re.escape(str(sorted(HEADS)))),
     ({"loss_type": "lovasz"}, r"loss_type: unknown value 'lovasz'; valid: \['ce', 'combined', 'dice'"),
     ({"optimizer": "lamb"}, r"optimizer: unknown value 'lamb'; valid: \['adam', 'adamw', 'rmsprop', 'sgd'\]"),
     ({"scheduler": "warm"}, r"scheduler: unknown value 'warm'"),

@@ -16,8 +16,8 @@ import albumentations as A
 import numpy as np
 import pytorch_lightning as pl
 import torch
-from torchvision.ops import masks_to_boxes as tv_masks_to_boxes
 from torch.utils.data import DataLoader, Dataset
+from torchvision.ops import masks_to_boxes as tv_masks_to_boxes
 
 from .dataset import find_corrupt, read_image
 from .formats.base import DatasetLayoutError

@@ -11,8 +11,13 @@ from .fcos import FCOSHead
 from .fpn import FPN
 from .mask import MaskHead, RoIMaskHead
 from .mask_shared import SharedMaskHead
+from .segformer import SegFormerHead
+from .unet import UNetHead
+from .upernet import PyramidPooling, UPerNetHead
 
-HEADS = {"deeplabv3plus": DeepLabV3PlusHead, "fcn": FCNHead}  # semantic heads selectable by head_type
+# the built-in semantic heads, selectable by head_type; a head of your own needs no entry here (head= / a YAML)
+HEADS = {"deeplabv3plus": DeepLabV3PlusHead, "fcn": FCNHead, "segformer": SegFormerHead, "unet": UNetHead,
+         "upernet": UPerNetHead}
 
-__all__ = ["ASPP", "FPN", "HEADS", "DeepLabV3PlusHead", "FCNHead", "FCOSHead", "MaskHead", "RoIMaskHead",
-           "SharedMaskHead"]
+__all__ = ["ASPP", "FPN", "HEADS", "DeepLabV3PlusHead", "FCNHead", "FCOSHead", "MaskHead", "PyramidPooling",
+           "RoIMaskHead", "SegFormerHead", "SharedMaskHead", "UNetHead", "UPerNetHead"]
