@@ -10,8 +10,10 @@ import functools
 import importlib
 import logging
 import math
+import pickle
 import warnings
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import pytorch_lightning as pl
@@ -145,6 +147,50 @@ class BaseTask(pl.LightningModule):
                 if pre.get(key) is not None:
                     log.info("preprocess.%s: %s -> %s (from %s)", key, pre.get(key), value, source)
                 pre[key] = value
+
+    # fine-tuning ------------------------------------------------------------------------------------------
+    def init_weights_from(self, path: str | Path) -> dict[str, str]:
+        """Load every weight of the checkpoint at ``path`` whose name and shape fit this model; the rest keep their
+        initialisation. Returns (and logs) the skipped keys with the reason. Weights-only loading (no code runs).
+
+        A checkpoint of the other task, or one whose backbone weights match none of this model's, is an error."""
+        path = Path(path)
+        if not path.is_file():
+            raise FileNotFoundError(f"init_from: {path} does not exist")
+        try:
+            ckpt = torch.load(path, map_location="cpu", weights_only=True)
+        except pickle.UnpicklingError as e:
+            raise ValueError(f"init_from {path}: refusing to load it: it holds Python objects beyond tensors and "
+                             f"plain data ({str(e).splitlines()[0]})") from None
+        if not isinstance(ckpt, dict) or "state_dict" not in ckpt:
+            raise ValueError(f"init_from {path}: not a Lightning checkpoint (no 'state_dict')")
+        theirs = "instance" if "mask_size" in ckpt.get("hyper_parameters", {}) else "semantic"
+        mine = self.task_kind
+        if theirs != mine:
+            article = "an" if theirs == "instance" else "a"
+            raise ValueError(f"init_from {path}: {article} {theirs} segmentation checkpoint cannot initialise a {mine} "
+                             f"model; use a {mine} checkpoint (or a timm backbone's pretrained weights)")
+        own = self.model.state_dict()
+        fit, skipped = {}, {}
+        for key, value in ckpt["state_dict"].items():
+            name = key[len("model."):] if key.startswith("model.") else key
+            if name not in own:
+                skipped[name] = "not in this model"
+            elif own[name].shape != value.shape:
+                skipped[name] = f"shape {tuple(value.shape)} in the checkpoint, {tuple(own[name].shape)} here"
+            else:
+                fit[name] = value
+        if not any(k.startswith("backbone.") for k in fit):
+            them = ckpt.get("hyper_parameters", {}).get("backbone", {}).get("model_name", "?")
+            raise ValueError(f"init_from {path}: none of its backbone weights fit this model's backbone "
+                             f"({them} in the checkpoint, {self.hparams['backbone']['model_name']} here)")
+        self.model.load_state_dict(fit, strict=False)
+        kept = [k for k in own if k not in fit]
+        log.info("init_from %s: loaded %d of %d tensors; %d skipped, %d keep their initialisation", path, len(fit),
+                 len(own), len(skipped), len(kept))
+        for name, why in skipped.items():
+            log.info("init_from: skipped %s: %s", name, why)
+        return skipped
 
     # hparams as data ---------------------------------------------------------------------------------------
     @staticmethod

@@ -38,12 +38,15 @@ class InstanceSegmentor(BaseTask):
       sets them, else from this task's arguments (default ``MaskHead``, Mask R-CNN's per-ROI head;
       ``SharedMaskHead`` is the cheaper variant: ``conf/head/mask_shared.yaml``);
     - ``loss``: the loss (default ``InstanceSegmentationLoss``); the loss-weight arguments fill what it leaves out;
-    - ``model``: a ready ``InstanceModel`` to train instead (not saved in the hyper-parameters).
+    - ``model``: a ready ``InstanceModel`` to train instead (not saved in the hyper-parameters);
+    - ``init_from``: a checkpoint to fine-tune from, as in ``SemanticSegmentor``.
 
     Metrics: a ``MeanAveragePrecision`` config named ``mask_map`` logs ``<stage>/mask_map``, ``<stage>/mask_map_50``,
     ``<stage>/mask_map_75``, ``<stage>/mask_mar_100``... (every scalar it computes, prefixed by the name less its
     ``map``); a name not ending in ``map`` prefixes the keys whole (``segm`` -> ``segm_map_50``).
     """
+
+    task_kind = "instance"
 
     def __init__(
         self,
@@ -80,6 +83,7 @@ class InstanceSegmentor(BaseTask):
         mask_head: Factory | dict | None = None,
         loss: Factory | dict | None = None,
         model: nn.Module | None = None,
+        init_from: str | None = None,
     ):
         super().__init__()
         if not isinstance(num_classes, int) or num_classes < 1:
@@ -119,11 +123,13 @@ class InstanceSegmentor(BaseTask):
             logging_config = logging_config.to_dict()
         logging_config = plain(logging_config)
         optimizer, scheduler, compile_kwargs = plain(optimizer), plain(scheduler), plain(compile_kwargs)
-        self.save_hyperparameters(ignore=["model"])
+        self.save_hyperparameters(ignore=["model", "init_from"])
 
         self.num_classes = num_classes
         self.channels_last = channels_last
         self.model = model
+        if init_from:  # fine-tuning: every weight whose name and shape fit
+            self.init_weights_from(init_from)
         self._setup_common(lr=lr, weight_decay=weight_decay, optimizer=optimizer, scheduler=scheduler,
                            metrics=metrics, metric_defaults={}, logging_config=logging_config,
                            freeze_backbone=freeze_backbone, compile_model=compile_model,

@@ -54,9 +54,15 @@ class SemanticSegmentor(BaseTask):
         model: a ready ``SemanticModel`` (or any module with the same contract) to train instead of building one
             from ``backbone`` and ``head``; it is not saved in the hyper-parameters, so reload such a checkpoint
             with ``load_from_checkpoint(path, model=...)``.
+        init_from: a checkpoint to fine-tune from: every weight whose name and shape fit is loaded (a model
+            trained with another class count keeps all but its classifier), the rest keep their initialisation,
+            and the skipped keys are logged with the reason (``init_weights_from``). Not saved in the
+            hyper-parameters: the new checkpoint holds the weights.
 
     The network is ``self.model`` (a plain ``nn.Module``); ``self.backbone`` and ``self.head`` point into it.
     """
+
+    task_kind = "semantic"
 
     def __init__(
         self,
@@ -81,6 +87,7 @@ class SemanticSegmentor(BaseTask):
         channels_last: bool = False,
         preprocess: dict | None = None,
         model: nn.Module | None = None,
+        init_from: str | None = None,
     ):
         super().__init__()
         if not isinstance(num_classes, int) or num_classes < 1:
@@ -106,7 +113,7 @@ class SemanticSegmentor(BaseTask):
             logging_config = logging_config.to_dict()
         logging_config = plain(logging_config)
         optimizer, scheduler, compile_kwargs = plain(optimizer), plain(scheduler), plain(compile_kwargs)
-        self.save_hyperparameters(ignore=["model"])
+        self.save_hyperparameters(ignore=["model", "init_from"])
 
         self.num_classes = num_classes
         self.ignore_index = ignore_index
@@ -114,6 +121,8 @@ class SemanticSegmentor(BaseTask):
         self.loss_type = _name_of(loss_spec, LOSSES, loss_type)
         self.channels_last = channels_last
         self.model = model
+        if init_from:  # fine-tuning: every weight whose name and shape fit
+            self.init_weights_from(init_from)
         self.criterion = build_component(loss_spec, "loss", num_classes=num_classes, ignore_index=ignore_index)
         self._setup_common(lr=lr, weight_decay=weight_decay, optimizer=optimizer, scheduler=scheduler,
                            metrics=metrics, metric_defaults={"num_classes": num_classes, "ignore_index": ignore_index},
