@@ -27,10 +27,14 @@ def test_ablation_preset_and_report(tmp_path, shapes_root, capsys):
     for r in rows[1:]:
         assert 0.0 <= float(r["val/miou"]) <= 1.0 and r["val/pixel_acc"]
         assert float(r["val/miou"]) == json.loads((sweep / r["job"] / "metrics.json").read_text())["val/miou"]
+        # the cost beside the quality: test_resnet + DeepLabV3+ has 980,997 parameters
+        assert int(float(r["model/params_total"])) == 980997
+        assert float(r["model/gflops"]) > 0 and float(r["train/img_per_s"]) > 0
     md = paths["md"].read_text()
     assert "4 jobs, 3 completed, 1 failed, 0 incomplete. Optimized metric: `val/miou`." in md
     assert "Fixed overrides:" in md and "`loss.ce_weight=0`" in md
     assert md.count("| completed |") == 3 and "| failed |" in md
+    assert "| model/params_total | model/gflops | train/img_per_s |" in md
     png = paths["loss.dice_weight"]
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 5000
 

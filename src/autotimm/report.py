@@ -21,6 +21,10 @@ FAILED, INCOMPLETE = "failed", "incomplete"
 HIDDEN = ("lr-", "train/lr", "train/grad_norm", "train/weight_norm", "train/nonfinite")
 
 
+# the cost of each setting, shown beside its quality: parameters, forward GFLOPs per image, training images/s
+COST_KEYS = ("model/params_total", "model/gflops", "train/img_per_s")
+
+
 def _value(text: str) -> Any:
     try:
         return json.loads(text)
@@ -86,7 +90,8 @@ def write_report(sweep_dir: str | Path, out_dir: str | Path | None = None) -> di
         return (r[1] != "completed", -(v if isinstance(v, (int, float)) and math.isfinite(v) else -math.inf))
 
     shown = ["job", "status", *swept, *([monitor] if monitor else []),
-             *[k for k in metric_keys if k.startswith(("val/", "test/"))][:6], "error"]
+             *[k for k in metric_keys if k.startswith(("val/", "test/"))][:6],
+             *[k for k in COST_KEYS if k in metric_keys], "error"]
     idx = [header.index(c) for c in shown]
     lines = [f"# Ablation report: {sweep_dir}", "",
              f"{len(jobs)} jobs, {sum(j['status'] == 'completed' for j in jobs)} completed, "

@@ -42,7 +42,8 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     check_image_size(model, datamodule.image_size)
     trainer = build_trainer(cfg)
     counts = {"model/params_total": sum(p.numel() for p in model.parameters()),
-              "model/params_trainable": sum(p.numel() for p in model.parameters() if p.requires_grad)}
+              "model/params_trainable": sum(p.numel() for p in model.parameters() if p.requires_grad),
+              "model/gflops": forward_gflops(model, datamodule.image_size)}
     for lg in trainer.loggers:
         lg.log_hyperparams(counts)
     out = output_dir(cfg)
@@ -57,13 +58,29 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     if cfg.get("test", False):
         trainer.test(model, datamodule=datamodule, ckpt_path=best or None, weights_only=True)
         metrics.update(scalar_metrics(trainer.callback_metrics))
-    extra = {"best_model_path": best, "monitor": cfg.get("optimized_metric"),
+    extra = {**counts, "best_model_path": best, "monitor": cfg.get("optimized_metric"),
              "best_model_score": float(ckpt_cb.best_model_score) if getattr(ckpt_cb, "best_model_score", None)
              is not None else None, "global_step": trainer.global_step, "status": "completed"}
     if trainer.is_global_zero:  # under DDP every rank runs this function; one writes the results
         write_metrics(out, metrics, **extra)
         print_summary(f"final metrics ({out})", metrics)
     return {**metrics, **extra}
+
+
+def forward_gflops(model, image_size: int) -> float:
+    """Forward GFLOPs for one image at the training size (``torch.utils.flop_counter``: 2 per multiply-add)."""
+    import torch
+    from torch.utils.flop_counter import FlopCounterMode
+
+    was_training = model.training
+    model.eval()
+    try:
+        counter = FlopCounterMode(display=False)
+        with torch.no_grad(), counter:
+            model(torch.zeros(1, 3, image_size, image_size, device=next(model.parameters()).device))
+        return round(counter.get_total_flops() / 1e9, 4)
+    finally:
+        model.train(was_training)
 
 
 def optimized_value(cfg: DictConfig, metrics: dict[str, Any]) -> float | None:

@@ -14,17 +14,34 @@ log = logging.getLogger("autotimm")
 
 class EpochSummary(pl.Callback):
     """Logs one line per validation epoch (``epoch 3 | 41.2s | val/loss 0.61 | val/miou 0.52 ...``), so a run's
-    progress is readable in log files and CI, where the live progress bar does not render."""
+    progress is readable in log files and CI, where the live progress bar does not render; and logs
+    ``train/img_per_s`` each epoch (training steps only: forward, backward, optimizer; data loading excluded)."""
 
     # headline metrics only: COCO size breakdowns and low-max-dets recalls stay in the logger
     SKIP = re.compile(r"_(small|medium|large|per_class)$|_mar_(1|10)$|_step$|^train/loss_")
 
-    def __init__(self, prefixes: tuple[str, ...] = ("val/", "train/loss")):
+    def __init__(self, prefixes: tuple[str, ...] = ("val/", "train/loss", "train/img_per_s")):
         self.prefixes = prefixes
         self._t0 = None
+        self._batch_t = 0.0
+        self._seconds, self._images = 0.0, 0
 
     def on_train_start(self, trainer, pl_module):
         self._t0 = time.perf_counter()
+
+    # training throughput: images per second of the training steps (forward, backward, optimizer; no data loading)
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+        self._batch_t = time.perf_counter()
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+        self._seconds += time.perf_counter() - self._batch_t
+        image = batch.get("image") if isinstance(batch, dict) else None
+        self._images += int(image.shape[0]) if isinstance(image, torch.Tensor) else 0
+
+    def on_train_epoch_end(self, trainer, pl_module):
+        if self._seconds > 0 and self._images:
+            pl_module.log("train/img_per_s", self._images / self._seconds, on_step=False, on_epoch=True)
+        self._seconds, self._images = 0.0, 0
 
     def on_validation_end(self, trainer, pl_module):
         # after the module's own epoch-end hook, which logs metrics such as mAP
