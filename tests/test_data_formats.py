@@ -1,6 +1,7 @@
 """Every data format on small generated trees, asserting exact label sets."""
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -207,3 +208,68 @@ def test_eval_keeps_aspect_ratio(tmp_path):
     assert item["valid_size"].tolist() == [16, 32]  # 40x80 -> 16x32, not squashed to 32x32
     assert (item["mask"][16:] == 255).all() and (item["mask"][:16, 16:] == 1).all()
     assert item["orig_mask"].shape == (40, 80)
+
+
+# ------------------------------------------------------------------------------------------------ CamVid
+CAMVID = Path(__file__).resolve().parents[2] / "shared" / "data" / "camvid"
+
+
+@pytest.mark.skipif(not CAMVID.is_dir(), reason="../shared/data/camvid is not beside the checkout")
+def test_camvid_real_files_lists_and_void():
+    """The real data: the list files' /SegNet/CamVid/... paths resolve inside the root, labels keep 0..10 and void
+    (11) becomes ignore_index."""
+    from autotimm.data.formats import camvid
+
+    train = camvid.load_split(CAMVID, "train", ignore_index=255)
+    val = camvid.load_split(CAMVID, "val", ignore_index=255)
+    assert (len(train.samples), len(val.samples)) == (367, 101)
+    first = train.samples[0]
+    assert first.image_path == (CAMVID / "train" / "0001TP_006690.png").resolve()
+    assert first.mask_path == (CAMVID / "trainannot" / "0001TP_006690.png").resolve()
+    assert train.class_names[2] == "pole" and len(train.class_names) == 11
+    dm = SegmentationDataModule(CAMVID, format="camvid", image_size=96, batch_size=2, num_workers=0, num_classes=11)
+    dm.setup("validate")
+    raw = train.read_mask(first)
+    assert set(np.unique(raw).tolist()) <= set(range(12))
+    item = dm.val_dataset[0]
+    orig = item["orig_mask"].numpy()
+    raw_val = val.read_mask(val.samples[0])
+    assert orig.shape == (360, 480)
+    assert np.array_equal(orig == 255, raw_val == 11) and np.array_equal(orig[raw_val < 11], raw_val[raw_val < 11])
+
+
+def write_camvid(root, with_list=True, bad_value=False, missing_label=False):
+    rng = np.random.default_rng(0)
+    for split in ("train", "val"):
+        (root / split).mkdir(parents=True)
+        (root / f"{split}annot").mkdir()
+        lines = []
+        for i in range(2):
+            Image.fromarray(rng.integers(0, 255, (24, 32, 3), dtype=np.uint8)).save(root / split / f"f{i}.png")
+            lab = rng.integers(0, 12, (24, 32), dtype=np.uint8)
+            if bad_value and i == 1:
+                lab[0, 0] = 13
+            if not (missing_label and i == 1):
+                Image.fromarray(lab).save(root / f"{split}annot" / f"f{i}.png")
+            lines.append(f"/SegNet/CamVid/{split}/f{i}.png /SegNet/CamVid/{split}annot/f{i}.png")
+        if with_list:
+            (root / f"{split}.txt").write_text("\n".join(lines) + "\n")
+    return root
+
+
+def test_camvid_generated_tree_and_named_errors(tmp_path):
+    from autotimm.data.formats import camvid
+
+    root = write_camvid(tmp_path / "a", with_list=False)
+    assert [s.image_id for s in camvid.load_split(root, "train").samples] == ["f0", "f1"]
+    root = write_camvid(tmp_path / "b", missing_label=True)
+    with pytest.raises(FileNotFoundError, match=r"train.txt line 2: label file .*trainannot/f1.png does not exist"):
+        camvid.load_split(root, "train")
+    root = write_camvid(tmp_path / "c", with_list=False, missing_label=True)
+    with pytest.raises(ValueError, match=r"1 image\(s\) in .*train have no label of the same name"):
+        camvid.load_split(root, "train")
+    root = write_camvid(tmp_path / "d", bad_value=True)
+    dm = SegmentationDataModule(root, format="camvid", image_size=32, batch_size=2, num_workers=0, num_classes=11)
+    dm.setup("fit")
+    with pytest.raises(ValueError, match=r"trainannot/f1.png: label values \[13\] are not in the class mapping"):
+        dm.train_dataset[1]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 import logging
 from pathlib import Path
 from typing import Any
@@ -19,7 +20,7 @@ log = logging.getLogger(__name__)
 class SegmentationDataModule(ModelPreprocess, pl.LightningDataModule):
     """Args:
         data_dir: dataset root (see each format's layout in ``autotimm.data.formats``).
-        format: ``png``, ``coco``, ``cityscapes`` or ``voc``.
+        format: ``png``, ``coco``, ``cityscapes``, ``voc`` or ``camvid``.
         image_size: training crop size; evaluation resizes the longest side to it and pads (aspect kept).
         batch_size / num_workers: loader settings.
         augmentation_preset: ``light``, ``default`` or ``strong``.
@@ -33,6 +34,7 @@ class SegmentationDataModule(ModelPreprocess, pl.LightningDataModule):
         skip_corrupt: an unreadable or truncated image is an error naming the file (default); with True, every
             image is decoded once at set-up and the bad ones are skipped, counted (``skipped_corrupt``) and logged.
         pin_memory / persistent_workers: loader settings.
+        class_names: one name per class (default: the format's own, where it has them: CamVid, Cityscapes, COCO).
         mean / std / interpolation: input normalisation and resize interpolation; by default the attached model's
             (its backbone's timm pretrained config), which then also travel in the checkpoint (see
             ``ModelPreprocess``).
@@ -44,8 +46,11 @@ class SegmentationDataModule(ModelPreprocess, pl.LightningDataModule):
                  ignore_index: int = 255, num_classes: int | None = None, train_split: str = "train",
                  val_split: str = "val", test_split: str | None = None, pin_memory: bool = False,
                  persistent_workers: bool = True, skip_corrupt: bool = False, mean: list[float] | None = None,
-                 std: list[float] | None = None, interpolation: str | None = None):
+                 std: list[float] | None = None, interpolation: str | None = None,
+                 class_names: list[str] | None = None):
         super().__init__()
+        if class_names is not None and num_classes is not None and len(class_names) != num_classes:
+            raise ValueError(f"class_names: {len(class_names)} names for num_classes={num_classes}")
         self._init_preprocess(mean, std, interpolation)
         if format not in FORMATS:
             raise ValueError(f"format: unknown {format!r}; valid: {sorted(FORMATS)}")
@@ -72,13 +77,13 @@ class SegmentationDataModule(ModelPreprocess, pl.LightningDataModule):
         self.skip_corrupt = skip_corrupt
         self.skipped_corrupt: list[str] = []
         self.train_dataset = self.val_dataset = self.test_dataset = None
-        self.class_names: list[str] | None = None
+        self.class_names: list[str] | None = list(class_names) if class_names is not None else None
 
     def _split(self, name: str):
         if not self.data_dir.is_dir():
             raise DatasetLayoutError(f"data_dir {self.data_dir} does not exist (format={self.format!r})")
         module = FORMATS[self.format]
-        if self.format == "coco":
+        if "ignore_index" in inspect.signature(module.load_split).parameters:  # formats that map labels to void
             return module.load_split(self.data_dir, name, ignore_index=self.ignore_index)
         return module.load_split(self.data_dir, name)
 
