@@ -12,7 +12,6 @@ from typing import Any
 
 import timm
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 
@@ -164,13 +163,6 @@ def _create(name: str, kwargs: dict[str, Any], image_size: int | None = None) ->
                 "or put the weights in the Hugging Face cache."
             ) from e
         raise
-
-
-def upsample_like(x: torch.Tensor, ref: torch.Tensor | tuple[int, int]) -> torch.Tensor:
-    size = tuple(ref.shape[-2:]) if isinstance(ref, torch.Tensor) else tuple(ref)
-    if tuple(x.shape[-2:]) == size:
-        return x
-    return F.interpolate(x, size=size, mode="bilinear", align_corners=False)
 
 
 # --------------------------------------------------------------------------------------------- preprocessing

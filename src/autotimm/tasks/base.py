@@ -361,10 +361,4 @@ def _warmup_cosine(optimizer, total: int, warmup: int, floor: float):
     return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
 
 
-def warn_once(msg: str, _seen: set = set()):  # noqa: B006 - intentional process-wide memo
-    if msg not in _seen:
-        _seen.add(msg)
-        warnings.warn(msg, stacklevel=3)
-
-
 Factory = Callable[..., nn.Module]
