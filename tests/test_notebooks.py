@@ -51,13 +51,14 @@ def test_quickstart_runs():
 def test_ablation_analysis_runs(tmp_path, shapes_root):
     from test_cli import run
 
-    run("train.py", "experiment=ablate_loss_weights", f"paths.log_dir={tmp_path}/outputs",
+    run("train.py", "experiment=ablate_loss_weights", "seeds=2", f"paths.log_dir={tmp_path}/outputs",
         f"dataset.data_dir={shapes_root}", "dataset.num_train=24", "dataset.num_val=8", "dataset.source_size=64",
         "dataset.seed=3", "dataset.image_size=64", "dataset.batch_size=8", "dataset.num_workers=0",
         "backbone=test_resnet", "trainer.max_epochs=1", "loss.ce_weight=0")
     sweep = next((tmp_path / "outputs" / "ablate_loss_weights" / "multiruns").iterdir())
     nb = execute("02_ablation_analysis.ipynb", {"AUTOTIMM_SWEEP_DIR": str(sweep)})
     text = outputs_text(nb)
-    assert "4 jobs; swept: ['loss.dice_weight']; best: " in text
-    assert "1 failed" in text  # the report table, rendered as markdown (dice_weight=0 with ce_weight=0 fails)
+    assert "8 jobs in 4 settings; swept: ['loss.dice_weight']; failed seeds: 2" in text
+    assert "2 failed" in text  # the report, rendered as markdown (dice_weight=0 with ce_weight=0 fails, both seeds)
+    assert "Welch's t-test" in text
     assert any("image/png" in o.get("data", {}) for c in nb.cells for o in c.get("outputs", []))
