@@ -118,3 +118,31 @@ def test_a_lead_within_the_noise_is_called_so(tmp_path):
 def test_report_on_a_folder_without_jobs(tmp_path):
     with pytest.raises(FileNotFoundError, match="no job folders"):
         write_report(tmp_path)
+
+
+def test_report_logs_a_summary_run_in_the_sweeps_wandb_group(tmp_path, monkeypatch):
+    """Runs logged with logger=wandb: the report adds one run to their group, holding the settings table and the
+    plots (read back from the offline files W&B wrote)."""
+    from test_wandb import wandb_records
+
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    sweep = tmp_path / "2026-01-01_00-00-00"
+    for i, (dice, seed, v) in enumerate([(1.0, 0, 0.8), (1.0, 1, 0.82), (0.5, 0, 0.7), (0.5, 1, 0.72)]):
+        fake_job(sweep, i, dice, seed, v)
+        (sweep / str(i) / ".hydra" / "config.yaml").write_text(
+            "optimized_metric: val/miou\noptimized_mode: max\ntask_name: ablate_loss_weights\n"
+            "logger:\n  wandb:\n    project: autotimm-test\n    group: null\n")
+    paths = write_report(sweep)
+    run_dir = paths["wandb"]
+    assert run_dir.name.startswith("offline-run-") and run_dir.parent.parent == sweep / "report"
+    records = list(wandb_records(next(run_dir.glob("run-*.wandb"))))
+    run = next(r.run for r in records if r.WhichOneof("record_type") == "run")
+    assert run.run_group == "ablate_loss_weights/2026-01-01_00-00-00" and run.job_type == "ablation-report"
+    history = {it.key or it.nested_key[0] for r in records if r.WhichOneof("record_type") == "history"
+               for it in r.history.item}
+    assert {"report/settings", "report/loss.dice_weight"} <= history  # the table and the plot
+    assert list(run_dir.glob("files/media/images/report/loss.dice_weight_*.png"))
+    tables = list(run_dir.glob("files/media/table/report/settings_*.table.json"))
+    table = json.loads(tables[0].read_text())
+    assert table["columns"][:3] == ["loss.dice_weight", "n", "failed"] and len(table["data"]) == 2
+    assert sorted(row[0] for row in table["data"]) == [0.5, 1.0]

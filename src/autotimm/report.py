@@ -211,7 +211,36 @@ def write_report(sweep_dir: str | Path, out_dir: str | Path | None = None) -> di
     paths = {"csv": out / "report.csv", "jobs": out / "jobs.csv", "md": out / "report.md", "tex": out / "report.tex"}
     if monitor:
         paths.update(_plots(settings, jobs, keys, monitor, out))
+    run_dir = log_to_wandb(sweep_dir, out, paths, lines[2])
+    if run_dir is not None:
+        paths["wandb"] = run_dir
     return paths
+
+
+def log_to_wandb(sweep_dir: Path, out: Path, paths: dict[str, Path], sentence: str) -> Path | None:
+    """When the sweep's runs were logged to W&B (``logger=wandb``), log one summary run in their group: the
+    settings table as a ``wandb.Table``, the plots as images and the verdict sentence in its summary. Follows
+    ``WANDB_MODE`` (offline runs land in ``<report dir>/wandb/``). Returns the run's folder, or None."""
+    cfg_file = next(iter(sorted(sweep_dir.glob("*/.hydra/config.yaml"))), None)
+    cfg = OmegaConf.load(cfg_file) if cfg_file else {}
+    wb = (cfg.get("logger") or {}).get("wandb") if cfg else None
+    if not wb:
+        return None
+    import wandb
+
+    # the group the jobs' runs used (cli.common.wandb_run_defaults): the configured one, else <task>/<sweep folder>
+    group = wb.get("group") or f"{cfg.get('task_name', 'sweep')}/{sweep_dir.name}"
+    rows = list(csv.reader(open(paths["csv"])))
+    run = wandb.init(project=wb.get("project"), entity=wb.get("entity"), group=group, job_type="ablation-report",
+                     name=f"report {group}", dir=str(out), config={"sweep_dir": str(sweep_dir)})
+    try:
+        run.log({"report/settings": wandb.Table(columns=rows[0], data=[[_value(c) if c else None for c in r]
+                                                                      for r in rows[1:]]),
+                 **{f"report/{k}": wandb.Image(str(v)) for k, v in paths.items() if v.suffix == ".png"}})
+        run.summary["report/verdict"] = sentence
+        return Path(run.dir).parent
+    finally:
+        run.finish()
 
 
 def _signed(v: float, mode: str) -> float:
