@@ -89,3 +89,17 @@ def test_explicit_data_statistics_travel_to_the_model(tmp_path):
     assert model.hparams["preprocess"]["mean"] == pytest.approx(IMAGENET_MEAN)
     assert model.hparams["preprocess"]["std"] == pytest.approx(IMAGENET_STD)
     assert model.hparams["preprocess"]["image_size"] == 32
+
+
+def test_fixed_size_backbone_built_for_the_training_size_and_named_when_a_size_does_not_fit():
+    """test_vit_relpos (relative-position ViT: fixed size, no dynamic_img_size) is built for preprocess.image_size;
+    predict brings any image to that size; a sliding window of another size fails naming the backbone and size."""
+    backbone = FeatureBackboneConfig("test_vit_relpos", pretrained=False)
+    with pytest.raises(AssertionError, match=r"Input height \(64\) doesn't match model \(160\)"):
+        SemanticSegmentor(backbone, num_classes=3).eval()(torch.zeros(1, 3, 64, 64))  # timm's default: 160 only
+    model = SemanticSegmentor(backbone, num_classes=3, preprocess={"image_size": 64}).eval()
+    rng = np.random.default_rng(0)
+    for shape in [(50, 90, 3), (120, 70, 3)]:
+        assert predict_semantic(model, rng.integers(0, 255, shape, dtype=np.uint8)).shape == shape[:2]
+    with pytest.raises(ValueError, match=r"backbone test_vit_relpos cannot take a 96x96 input .* built for 64x64"):
+        predict_semantic(model, rng.integers(0, 255, (100, 100, 3), dtype=np.uint8), tile_size=96)

@@ -71,7 +71,14 @@ def _padded_forward(model, batch: torch.Tensor, multiple: int, hflip: bool) -> t
     batch's logits; flipping back puts the right-hand padding on the right again, so the same crop applies)."""
     hh, ww = batch.shape[-2:]
     padded = _pad_to(batch, math.ceil(hh / multiple) * multiple, math.ceil(ww / multiple) * multiple)
-    out = model(padded)[..., :hh, :ww].float()
+    try:
+        out = model(padded)[..., :hh, :ww].float()
+    except (RuntimeError, AssertionError, ValueError) as e:  # fixed-size backbones: say which sizes work
+        name = getattr(getattr(model.backbone, "config", None), "model_name", "?")
+        size = model_preprocess(model).get("image_size")
+        raise ValueError(f"backbone {name} cannot take a {padded.shape[-2]}x{padded.shape[-1]} input ({e}); it was "
+                         f"built for {size}x{size}: predict at that size (image_size={size}, or tile_size={size} "
+                         f"for sliding windows)") from e
     if hflip:
         out = 0.5 * (out + model(padded.flip(-1)).flip(-1)[..., :hh, :ww].float())
     return out
