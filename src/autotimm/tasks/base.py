@@ -84,6 +84,7 @@ class BaseTask(pl.LightningModule):
     a clear error.
     """
 
+    model: nn.Module  # the network (autotimm.models), built or received by the task
     max_nonfinite_steps: int = 10
     keep_example_outputs: bool = False  # validation steps return batch 0's predictions (set by WandbImagePanels)
     _nonfinite_total: int = 0
@@ -127,6 +128,10 @@ class BaseTask(pl.LightningModule):
                                f"{step}): stopping. Lower the learning rate, enable gradient clipping "
                                f"(trainer.gradient_clip_val) or check the data for bad labels or images.")
         return None
+
+    @property
+    def backbone(self) -> nn.Module:
+        return self.model.backbone
 
     # preprocessing -----------------------------------------------------------------------------------------
     @property

@@ -138,10 +138,6 @@ class InstanceSegmentor(BaseTask):
             self.to(memory_format=torch.channels_last)
 
     @property
-    def backbone(self) -> nn.Module:
-        return self.model.backbone
-
-    @property
     def fpn(self) -> nn.Module:
         return self.model.fpn
 

@@ -132,10 +132,6 @@ class SemanticSegmentor(BaseTask):
             self.to(memory_format=torch.channels_last)
 
     @property
-    def backbone(self) -> nn.Module:
-        return self.model.backbone
-
-    @property
     def head(self) -> nn.Module:
         return self.model.head
 
