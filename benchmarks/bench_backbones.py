@@ -23,6 +23,7 @@ import traceback
 
 import numpy as np
 import torch
+from _machine import header
 
 
 def param_count(name: str) -> int:
@@ -73,8 +74,8 @@ def main():
     torch.set_num_threads(2)
     names = [n for n in timm.list_models() if not n.startswith("test_")]
     sample = sorted(random.Random(args.seed).sample(names, args.num))
-    print(f"timm {timm.__version__}, torch {torch.__version__}, CPU {torch.backends.cpu.get_cpu_capability()}; "
-          f"{len(names)} architectures, sample of {args.num} (seed {args.seed}), training size {args.size}\n")
+    print(header("fp32 (train step and predict)"))
+    print(f"{len(names)} architectures, sample of {args.num} (seed {args.seed}), training size {args.size}\n")
     print("| architecture | params (M) | result | s |")
     print("|---|---:|---|---:|")
     ok = tried = 0

@@ -17,6 +17,7 @@ import warnings
 from pathlib import Path
 
 import torch
+from _machine import header
 
 from autotimm import FeatureBackboneConfig, InstanceSegmentor, SemanticSegmentor
 from autotimm.export import export_model
@@ -65,7 +66,8 @@ def main():
         instance.head.cls_logits.bias.fill_(5.0)
     x = torch.randn(1, 3, args.size, args.size)
     n = len(instance.predict(x)[0]["boxes"])
-    print(f"torch {torch.__version__}, {args.threads} threads, resnet18, batch 1, {args.size}x{args.size}; "
+    print(header("fp32 (eager and exported)", args.threads))
+    print(f"resnet18, batch 1, {args.size}x{args.size}; "
           f"instance: {n} detections per image\n")
     print("| task | runtime | ms per image |\n|---|---|---:|")
     with tempfile.TemporaryDirectory() as tmp, torch.no_grad():

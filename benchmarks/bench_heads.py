@@ -19,6 +19,7 @@ from omegaconf import OmegaConf
 from torch.utils.flop_counter import FlopCounterMode
 
 sys.path.insert(0, str(Path(__file__).parent))
+from _machine import header  # noqa: E402
 from bench_instance import time_steps  # noqa: E402
 
 CONF = Path(__file__).resolve().parents[1] / "conf" / "head"
@@ -36,8 +37,8 @@ def main():
     from autotimm.heads import RoIMaskHead
 
     torch.set_num_threads(args.threads)
-    print(f"torch {torch.__version__}, CPU {torch.backends.cpu.get_cpu_capability()}, {args.threads} threads, fp32, "
-          f"{args.backbone}, {args.size}x{args.size}, batch {args.batch}\n")
+    print(header("fp32", args.threads))
+    print(f"{args.backbone}, {args.size}x{args.size}, batch {args.batch}\n")
     print("| head | params (M) | head params (M) | GFLOPs / image | train img/s |")
     print("|---|---:|---:|---:|---:|")
     x = torch.randn(args.batch, 3, args.size, args.size)

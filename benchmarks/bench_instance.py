@@ -19,6 +19,8 @@ import time
 
 import numpy as np
 import torch
+from _machine import header, matmul_rate
+from torch.utils.flop_counter import FlopCounterMode
 
 
 def synthetic_batch(batch: int, size: int, per_image: int = 3, num_classes: int = 4, seed: int = 0):
@@ -83,6 +85,81 @@ def bench_public(args):
           f"{args.batch / sec:.1f} |")
 
 
+def fwd_bwd(fn, *inputs):
+    """A callable running ``fn`` on fresh leaf copies of ``inputs`` and back-propagating the sum of its outputs."""
+    def run():
+        leaves = [t.detach().requires_grad_(t.is_floating_point()) if torch.is_tensor(t) else t for t in inputs]
+        out = fn(*leaves)
+        flat = out.values() if isinstance(out, dict) else out if isinstance(out, (list, tuple)) else [out]
+        total = sum(o.float().mean() for o in flat if torch.is_tensor(o) and o.requires_grad)
+        if torch.is_tensor(total):
+            total.backward()
+
+    return run
+
+
+def train_flops_of(run) -> float:
+    with FlopCounterMode(display=False) as fc:
+        run()
+    return fc.get_total_flops()
+
+
+def parts_table(model, images, targets, steps: int, rate: float):
+    """Training FLOPs (forward + backward, ``torch.utils.flop_counter``) and time (forward + backward) of each part
+    of ``InstanceModel``'s training step, each on detached inputs, against the machine's fp32 matmul rate."""
+    from autotimm.models.fcos import assign_targets, decode_boxes, pad_targets
+
+    m = model.model
+    B = images.shape[0]
+    with torch.no_grad():
+        feats = m.backbone(images)
+        pyramid = m.fpn(feats)
+        out = m.features(images)
+    levels = list(pyramid.values())
+    names = list(pyramid.keys())
+    gt = pad_targets(targets, "cpu")
+
+    def assign():
+        return assign_targets(out["points"], out["strides"], out["ranges"], *gt, m.center_radius)
+
+    pos, labels, boxes_t, ctr_t = assign()
+    C = m.num_classes
+    cls_t = torch.nn.functional.one_hot(labels, C).float() * pos[..., None]
+    rois = [t["boxes"].float() for t in targets]
+    mask_feats = m.mask_head.features(pyramid)
+    logits, mask_t, mask_labels = m._mask_inputs(mask_feats, targets)
+
+    def loss(cls, reg, ctr, mlog):
+        pred = decode_boxes(out["points"], out["strides"], reg)
+        return m.criterion(cls.reshape(-1, C), pred.reshape(-1, 4), ctr.reshape(-1), cls_t.reshape(-1, C),
+                           boxes_t.reshape(-1, 4), ctr_t.reshape(-1), pos.reshape(-1), mlog, mask_t,
+                           mask_labels)["loss"]
+
+    parts = {
+        "backbone": fwd_bwd(m.backbone, images),
+        "FPN (P3-P7)": fwd_bwd(lambda *fs: m.fpn(list(fs)), *feats),
+        "FCOS towers + predictors": fwd_bwd(lambda *ls: m.head(list(ls)), *levels),
+        f"mask head ({sum(len(r) for r in rois)} ROIs: ROIAlign + convs)": fwd_bwd(
+            lambda *ls: m.mask_head(m.mask_head.pool(m.mask_head.features(dict(zip(names, ls))), rois)), *levels),
+        "target assignment (FCOS + mask targets)": lambda: (assign(), m.mask_targets(targets)),
+        "losses (focal, GIoU, centerness, mask BCE)": fwd_bwd(loss, out["cls"], out["reg"], out["ctr"], logits),
+    }
+    opt = model.configure_optimizers()["optimizer"]
+    whole = make_step(lambda: model.training_step({"image": images, "targets": targets}, 0), opt)
+    print(f"\nper part, one training step (batch {B}, fp32; FLOPs forward + backward, per image):\n")
+    print("| part | GFLOP / image | ms / image | achieved GFLOP/s | vs matmul rate | share of time |")
+    print("|---|---:|---:|---:|---:|---:|")
+    rows = []
+    for name, run in parts.items():
+        flops = train_flops_of(run) / B
+        sec = time_steps(run, steps) / B
+        rows.append((name, flops, sec))
+    step_sec = time_steps(whole, steps) / B
+    for name, flops, sec in rows + [("whole training step (incl. optimizer)", sum(r[1] for r in rows), step_sec)]:
+        print(f"| {name} | {flops / 1e9:.2f} | {sec * 1e3:.1f} | {flops / sec / 1e9:.0f} | "
+              f"{100 * flops / sec / rate:.0f}% | {100 * sec / step_sec:.0f}% |")
+
+
 def bench_ours(args):
     from autotimm import FeatureBackboneConfig, InstanceSegmentor
     from autotimm.models.fcos import assign_targets, level_ranges, make_points, pad_targets
@@ -106,6 +183,15 @@ def bench_ours(args):
             step = make_step(lambda model=model: model.training_step(batch, 0), opt, ctx)
             sec = time_steps(step, args.steps)
             print(f"| autotimm (this repo), {name} | {precision} | {args.batch / sec:.1f} |")
+
+    for name, kw in {"spec defaults (fpn 256, 4 tower convs, Mask R-CNN mask head 4 x 256)": {},
+                     "experiment=instance_shapes (fpn 128, 2 tower convs, mask head 4 x 128)": {
+                         "fpn_channels": 128, "head_num_convs": 2,
+                         "mask_head": {"_target_": "autotimm.heads.MaskHead", "conv_channels": 128}}}.items():
+        model = InstanceSegmentor(FeatureBackboneConfig("resnet18", pretrained=False), num_classes=4, **kw)
+        model.log = lambda *a, **k: None
+        print(f"\n{name}, fp32:")
+        parts_table(model, images, targets, args.steps, args.rate)
 
     print("\nFCOS target assignment, 50 boxes, one image (P3-P7):\n")
     print("| image size | locations | ms per image |")
@@ -193,7 +279,10 @@ def main():
     args = p.parse_args()
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
-    print(f"torch {torch.__version__}, {args.threads} threads, resnet18, {args.size}x{args.size}, batch {args.batch}\n")
+    rate = matmul_rate()
+    print(header("fp32 unless a row says bf16", args.threads, rate))
+    print(f"resnet18, {args.size}x{args.size}, batch {args.batch}\n")
+    args.rate = rate
     if args.public:
         print("| model | precision | train img/s |")
         print("|---|---|---:|")

@@ -15,6 +15,7 @@ import time
 
 import torch
 import torch.nn.functional as F
+from _machine import header, matmul_rate
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
@@ -22,25 +23,13 @@ from autotimm import FeatureBackboneConfig, SemanticSegmentor
 from autotimm.losses import CombinedSegmentationLoss
 
 
-def matmul_rate(dtype=torch.float32, n=2048, reps=5, trials=3) -> float:
-    """Best of ``trials`` timings of large square matmuls: the machine's practical FLOP/s ceiling."""
-    a, b = torch.randn(n, n, dtype=dtype), torch.randn(n, n, dtype=dtype)
-    for _ in range(2):
-        a @ b
-    best = 0.0
-    for _ in range(trials):
-        t = time.perf_counter()
-        for _ in range(reps):
-            a @ b
-        best = max(best, 2 * n**3 * reps / (time.perf_counter() - t))
-    return best
-
-
-def train_flops(model: nn.Module, x: torch.Tensor, y: torch.Tensor, loss_fn) -> float:
-    with FlopCounterMode(display=False) as fc:
-        loss_fn(model(x), y).backward()
-    model.zero_grad(set_to_none=True)
-    return fc.get_total_flops() / x.shape[0]
+def train_flops(model: nn.Module, x: torch.Tensor) -> float:
+    """Training FLOPs per image: 3 x the forward's (backward = input grad + weight grad, each one forward's worth).
+    Counted on the forward only because ``FlopCounterMode`` over-counts the backward of grouped convolutions (a 64-group
+    depthwise conv's backward is counted 65x its forward), and both DeepLabV3+ heads use depthwise-separable convs."""
+    with FlopCounterMode(display=False) as fc, torch.no_grad():
+        model(x)
+    return 3 * fc.get_total_flops() / x.shape[0]
 
 
 def bench_train(model, x, y, loss_fn, steps, bf16=False, channels_last=False):
@@ -121,7 +110,8 @@ def main():
     y = torch.randint(0, args.classes, (args.batch, args.size, args.size))
     loss_fn = CombinedSegmentationLoss(args.classes)
     rate32, rate16 = matmul_rate(), matmul_rate(torch.bfloat16)
-    print(f"torch {torch.__version__}, {args.threads} threads; matmul: fp32 {rate32 / 1e9:.0f} GFLOP/s, "
+    print(header("per row (fp32 rows are what a CPU without bf16 gets)", args.threads, rate32))
+    print(f"matmul: fp32 {rate32 / 1e9:.0f} GFLOP/s, "
           f"bf16 {rate16 / 1e9:.0f} GFLOP/s")
 
     models = {}
@@ -138,7 +128,7 @@ def main():
         print("segmentation_models_pytorch not installed: no side-by-side row")
 
     modes = ("fp32", "fp32 channels_last", "bf16 autocast channels_last")
-    flops = {name: train_flops(model, x, y, loss_fn) for name, model in models.items()}
+    flops = {name: train_flops(model, x) for name, model in models.items()}
     best: dict[tuple[str, str], tuple[float, float]] = {}
     for _ in range(args.repeats):  # interleaved trials, best of each: robust to drift and noise on a shared machine
         for name, model in models.items():

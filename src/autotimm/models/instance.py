@@ -90,14 +90,21 @@ class InstanceModel(nn.Module):
             return zero.reshape(1, 1, 1, 1).expand(0, self.num_classes, m, m), ref.new_zeros(0, m, m), \
                 torch.zeros(0, dtype=torch.long, device=ref.device)
         logits = self.mask_head(self.mask_head.pool(features, rois))
-        masks = torch.cat([t["masks"] for t in targets]).to(logits.device)
-        if len(masks) != n:
-            raise ValueError(f"targets hold {n} boxes but {len(masks)} masks; each instance needs both")
-        boxes = torch.cat(rois).to(logits.device)
-        idx = torch.arange(n, device=boxes.device, dtype=boxes.dtype)[:, None]
+        target, labels = self.mask_targets(targets, logits.device)
+        return logits, target, labels
+
+    def mask_targets(self, targets: list[dict], device=None) -> tuple[torch.Tensor, torch.Tensor]:
+        """Each instance's mask cropped to its box and resized to ``mask_size`` (binary, [N, M, M]) and its label
+        [N], over the batch in order."""
+        boxes = torch.cat([t["boxes"].float() for t in targets]).to(device)
+        masks = torch.cat([t["masks"] for t in targets]).to(device)
+        if len(masks) != len(boxes):
+            raise ValueError(f"targets hold {len(boxes)} boxes but {len(masks)} masks; each instance needs both")
+        m = self.mask_head.mask_size
+        idx = torch.arange(len(boxes), device=boxes.device, dtype=boxes.dtype)[:, None]
         target = roi_align(masks[:, None].float(), torch.cat([idx, boxes], 1), (m, m), 1.0, 0, aligned=True)[:, 0]
-        labels = torch.cat([t["labels"] for t in targets]).to(logits.device)
-        return logits, (target >= 0.5).float(), labels
+        labels = torch.cat([t["labels"] for t in targets]).to(device)
+        return (target >= 0.5).float(), labels
 
     # inference ---------------------------------------------------------------------------------------------------
     def detections(self, out: dict[str, Any]):
