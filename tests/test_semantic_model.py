@@ -95,6 +95,26 @@ def test_compile_is_skipped_on_cpu_unless_forced():
     assert not any("_orig_mod" in k for k in model.state_dict())
 
 
+def test_channels_last_auto_follows_device_and_precision():
+    """channels_last="auto": contiguous for fp32 on CPU, channels-last under bf16 autocast; outputs unchanged."""
+    from types import SimpleNamespace
+
+    torch.manual_seed(0)
+    model = make(channels_last="auto").eval()
+    x = torch.randn(2, 3, 64, 64)
+    ref = model(x)
+    for precision, on in (("32-true", False), ("bf16-mixed", True)):
+        model._trainer = SimpleNamespace(precision=precision)
+        model._apply_channels_last(model._channels_last_pays())
+        conv = next(m.weight for m in model.modules() if isinstance(m, torch.nn.Conv2d) and m.kernel_size == (3, 3))
+        assert model.model.channels_last is on
+        assert conv.is_contiguous(memory_format=torch.channels_last if on else torch.contiguous_format)
+        assert torch.allclose(model(x), ref, atol=1e-5)
+    model._trainer = None
+    with pytest.raises(ValueError, match="channels_last must be true, false or 'auto'"):
+        make(channels_last="yes")
+
+
 @pytest.mark.parametrize("optimizer", ["adamw", "adam", "sgd", "rmsprop", {"name": "sgd", "nesterov": True},
                                        {"class": "torch.optim.NAdam"}])
 @pytest.mark.parametrize("scheduler", ["cosine", "step", "onecycle", "poly", "none", None,

@@ -228,7 +228,23 @@ class BaseTask(pl.LightningModule):
         return [self.backbone]
 
     def on_fit_start(self):
+        if getattr(self, "channels_last", False) == "auto":
+            self._apply_channels_last(self._channels_last_pays())
         self._maybe_compile()
+
+    def _channels_last_pays(self) -> bool:
+        """``channels_last="auto"``: channels-last on CUDA and under bf16 autocast (oneDNN / cuDNN prefer it there);
+        on CPU in fp32 the contiguous layout measured faster (up to 23% at small maps), so it stays."""
+        precision = str(getattr(self.trainer, "precision", "32"))
+        on = self.device.type == "cuda" or "bf16" in precision
+        log.info("channels_last: auto -> %s (%s, precision %s)", on, self.device.type, precision)
+        return on
+
+    def _apply_channels_last(self, on: bool) -> None:
+        model = getattr(self, "model", None)
+        if model is not None and hasattr(model, "channels_last"):
+            model.channels_last = on
+        self.to(memory_format=torch.channels_last if on else torch.contiguous_format)
 
     # optimizers ----------------------------------------------------------------------------------------------
     def _check_optim_names(self):

@@ -77,7 +77,7 @@ class InstanceSegmentor(BaseTask):
         compile_kwargs: dict | None = None,
         center_radius: float = 1.5,
         category_ids: list[int] | None = None,
-        channels_last: bool = False,
+        channels_last: bool | str = False,
         preprocess: dict | None = None,
         head: Factory | dict | None = None,
         mask_head: Factory | dict | None = None,
@@ -115,7 +115,7 @@ class InstanceSegmentor(BaseTask):
                 build_component(mask_head, "mask_head", in_channels=fpn_channels, num_classes=num_classes,
                                 featmap_names=fpn.names[:3], featmap_strides=fpn.strides[:3]),
                 build_component(loss, "loss"), num_classes, score_thresh, nms_thresh, max_detections_per_image,
-                mask_threshold, center_radius, category_ids, channels_last)
+                mask_threshold, center_radius, category_ids, channels_last is True)
         preprocess = resolve_preprocess(model.backbone, preprocess)
         backbone = {**backbone_cfg.to_dict(), "pretrained": False}
         metrics = self._metrics_as_data(metrics)
@@ -134,8 +134,10 @@ class InstanceSegmentor(BaseTask):
                            metrics=metrics, metric_defaults={}, logging_config=logging_config,
                            freeze_backbone=freeze_backbone, compile_model=compile_model,
                            compile_kwargs=compile_kwargs)
-        if channels_last:
-            self.to(memory_format=torch.channels_last)
+        if channels_last not in (True, False, "auto"):
+            raise ValueError(f"channels_last must be true, false or 'auto', got {channels_last!r}")
+        if channels_last is True:
+            self._apply_channels_last(True)
 
     @property
     def fpn(self) -> nn.Module:

@@ -45,7 +45,9 @@ class SemanticSegmentor(BaseTask):
             ``{"_target_": ..., **kwargs}`` dict; it is called with ``in_channels``, ``num_classes``, ``reductions``.
             (Hydra's ``conf/head/*.yaml`` pass this.)
         loss: a loss factory overriding ``loss_type`` (same forms), called with ``num_classes`` and ``ignore_index``.
-        channels_last: run convolutions in channels-last memory format.
+        channels_last: run convolutions in channels-last memory format: ``True``, ``False``, or ``"auto"`` = on
+            when training on CUDA or under bf16 autocast, off for fp32 on CPU (where oneDNN's fp32 convolutions
+            measured up to 23% slower channels-last: ``benchmarks/bench_semantic.py``). Decided at fit start.
         preprocess: overrides of the input preprocessing (``mean``, ``std``, ``interpolation``, ``image_size``,
             ``pad_multiple``); the rest comes from the backbone's timm pretrained config (see
             ``autotimm.backbones.resolve_preprocess``). The resolved values are kept in ``hparams["preprocess"]``
@@ -84,7 +86,7 @@ class SemanticSegmentor(BaseTask):
         compile_kwargs: dict | None = None,
         head: Factory | dict | None = None,
         loss: Factory | dict | None = None,
-        channels_last: bool = False,
+        channels_last: bool | str = False,
         preprocess: dict | None = None,
         model: nn.Module | None = None,
         init_from: str | None = None,
@@ -102,7 +104,7 @@ class SemanticSegmentor(BaseTask):
             net = TimmFeatureBackbone(backbone_cfg, image_size=(preprocess or {}).get("image_size"))
             head_module = build_component(head_spec, "head", in_channels=net.channels, num_classes=num_classes,
                                           reductions=net.reductions)
-            model = SemanticModel(net, head_module, channels_last)
+            model = SemanticModel(net, head_module, channels_last is True)
         preprocess = resolve_preprocess(model.backbone, preprocess)
 
         # hparams are plain data; weights come from the checkpoint, so reloading never downloads them again
@@ -128,8 +130,10 @@ class SemanticSegmentor(BaseTask):
                            metrics=metrics, metric_defaults={"num_classes": num_classes, "ignore_index": ignore_index},
                            logging_config=logging_config, freeze_backbone=freeze_backbone,
                            compile_model=compile_model, compile_kwargs=compile_kwargs)
-        if channels_last:
-            self.to(memory_format=torch.channels_last)
+        if channels_last not in (True, False, "auto"):
+            raise ValueError(f"channels_last must be true, false or 'auto', got {channels_last!r}")
+        if channels_last is True:
+            self._apply_channels_last(True)
 
     @property
     def head(self) -> nn.Module:
