@@ -210,6 +210,28 @@ def test_eval_keeps_aspect_ratio(tmp_path):
     assert item["orig_mask"].shape == (40, 80)
 
 
+def test_crop_size_trains_on_crops_of_the_full_scale(tmp_path):
+    """crop_size: training samples are random crops of the image at image_size (the same pixels, not a resize);
+    evaluation stays whole."""
+    for split in ("train", "val"):
+        save_rgb(tmp_path / split / "images" / "a.png", 64, 64)
+        m = np.add.outer(np.arange(64) // 16, np.arange(64) // 16).astype(np.uint8)  # 7 classes in 16 px tiles
+        (tmp_path / split / "masks").mkdir(parents=True)
+        Image.fromarray(m).save(tmp_path / split / "masks" / "a.png")
+    dm = datamodule(tmp_path, "png", num_classes=7, crop_size=16, augmentation_preset="light")
+    full = np.add.outer(np.arange(32) // 8, np.arange(32) // 8)  # the mask at image_size 32
+    crops = [dm.train_dataset[0] for _ in range(8)]
+    for item in crops:
+        assert item["image"].shape == (3, 16, 16) and item["mask"].shape == (16, 16)
+        mask = item["mask"].numpy()
+        windows = [full[y:y + 16, x:x + 16] for y in range(17) for x in range(17)]
+        windows += [w[:, ::-1] for w in windows]  # the light preset also flips
+        assert any((mask == w).all() for w in windows)  # a window of the image at 32 px, at that scale
+    assert dm.val_dataset[0]["image"].shape == (3, 32, 32)
+    with pytest.raises(ValueError, match="crop_size must be between 16 and image_size"):
+        SegmentationDataModule(tmp_path, image_size=32, crop_size=48)
+
+
 # ------------------------------------------------------------------------------------------------ CamVid
 CAMVID = Path(__file__).resolve().parents[2] / "shared" / "data" / "camvid"
 

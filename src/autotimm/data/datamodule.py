@@ -22,6 +22,8 @@ class SegmentationDataModule(ModelPreprocess, pl.LightningDataModule):
         data_dir: dataset root (see each format's layout in ``autotimm.data.formats``).
         format: ``png``, ``coco``, ``cityscapes``, ``voc`` or ``camvid``.
         image_size: training crop size; evaluation resizes the longest side to it and pads (aspect kept).
+        crop_size: train on random ``crop_size`` squares of the ``image_size`` training images (mmseg's
+            ``crop_size``); evaluation stays whole at ``image_size``. ``None``: no crop.
         batch_size / num_workers: loader settings.
         augmentation_preset: ``light``, ``default`` or ``strong``.
         custom_train_transforms / custom_val_transforms: albumentations ``Compose`` replacing the preset (they must
@@ -47,7 +49,7 @@ class SegmentationDataModule(ModelPreprocess, pl.LightningDataModule):
                  val_split: str = "val", test_split: str | None = None, pin_memory: bool = False,
                  persistent_workers: bool = True, skip_corrupt: bool = False, mean: list[float] | None = None,
                  std: list[float] | None = None, interpolation: str | None = None,
-                 class_names: list[str] | None = None):
+                 class_names: list[str] | None = None, crop_size: int | None = None):
         super().__init__()
         if class_names is not None and num_classes is not None and len(class_names) != num_classes:
             raise ValueError(f"class_names: {len(class_names)} names for num_classes={num_classes}")
@@ -58,11 +60,14 @@ class SegmentationDataModule(ModelPreprocess, pl.LightningDataModule):
             raise ValueError(f"augmentation_preset: unknown {augmentation_preset!r}; valid: {list(PRESETS)}")
         if int(image_size) < 16:
             raise ValueError(f"image_size must be >= 16, got {image_size}")
+        if crop_size is not None and not 16 <= int(crop_size) <= int(image_size):
+            raise ValueError(f"crop_size must be between 16 and image_size ({image_size}), got {crop_size}")
         if num_classes is not None and num_classes < 1:
             raise ValueError(f"num_classes must be >= 1, got {num_classes}")
         self.data_dir = Path(data_dir)
         self.format = format
         self.image_size = int(image_size)
+        self.crop_size = int(crop_size) if crop_size is not None else None
         self.batch_size = batch_size
         self.num_workers = num_workers
         self.augmentation_preset = augmentation_preset
@@ -99,7 +104,8 @@ class SegmentationDataModule(ModelPreprocess, pl.LightningDataModule):
         self.class_names = self.class_names or data.class_names
         if train:
             tf = self.custom_train_transforms or train_transforms(self.augmentation_preset, self.image_size,
-                                                                  self.ignore_index, preprocess=self.preprocess)
+                                                                  self.ignore_index, preprocess=self.preprocess,
+                                                                  crop_size=self.crop_size)
         else:
             tf = self.custom_val_transforms
         ds = SegmentationDataset(data, tf, train=train, image_size=self.image_size, ignore_index=self.ignore_index,

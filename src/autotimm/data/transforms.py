@@ -39,7 +39,9 @@ def _pad(size: int, ignore_index: int, position: str = "center") -> A.PadIfNeede
 
 
 def train_transforms(preset: str, image_size: int, ignore_index: int = 255, bbox_params=None,
-                     preprocess: dict | None = None) -> A.Compose:
+                     preprocess: dict | None = None, crop_size: int | None = None) -> A.Compose:
+    """The preset at ``image_size`` (the scale evaluation also uses); ``crop_size`` (< ``image_size``) then trains on
+    random square crops of that size (mmseg's ``crop_size``): full-resolution detail at a crop's cost."""
     if preset not in PRESETS:
         raise ValueError(f"augmentation_preset: unknown {preset!r}; valid: {list(PRESETS)}")
     s = int(image_size)
@@ -57,6 +59,8 @@ def train_transforms(preset: str, image_size: int, ignore_index: int = 255, bbox
                 _pad(s, ignore_index), A.RandomCrop(s, s), A.HorizontalFlip(p=0.5),
                 A.ColorJitter(brightness=0.4, contrast=0.4, saturation=0.4, hue=0.05, p=0.8),
                 A.OneOf([A.GaussianBlur(blur_limit=(3, 5)), A.GaussNoise(std_range=(0.02, 0.08))], p=0.3)]
+    if crop_size is not None and int(crop_size) < s:
+        ops += [A.RandomCrop(int(crop_size), int(crop_size))]
     return A.Compose(ops + _normalize(preprocess), bbox_params=bbox_params)
 
 
