@@ -4,6 +4,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -13,8 +14,10 @@ ROOT = Path(__file__).resolve().parents[1]
 
 def run(script, *overrides, cwd=ROOT, timeout=600, env=None):
     env = {**os.environ, "PYTHONUNBUFFERED": "1", "WANDB_MODE": "offline", "HF_HUB_OFFLINE": "1", **(env or {})}
+    start = time.perf_counter()
     proc = subprocess.run([sys.executable, str(ROOT / script), *overrides], cwd=cwd, env=env, capture_output=True,
                           text=True, timeout=timeout)
+    proc.elapsed_s = time.perf_counter() - start
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]
     return proc
 
@@ -33,6 +36,7 @@ def test_train_then_eval_subprocess(tmp_path, shapes_root):
         assert key in metrics, key
     assert metrics["monitor"] == "val/miou" and 0.0 <= metrics["val/miou"] <= 1.0
     assert metrics["global_step"] == 2 * 3  # 24 images / batch 8, two epochs
+    assert 0 < metrics["time/fit_min"] < proc.elapsed_s / 60  # fit's wall time, within the whole process's
     assert (out / ".hydra" / "config.yaml").is_file() and (out / ".hydra" / "overrides.yaml").is_file()
     assert (out / "checkpoints" / "last.ckpt").is_file() and Path(metrics["best_model_path"]).is_file()
     assert (out / "csv" / "metrics.csv").is_file()

@@ -35,7 +35,7 @@ def test_ablation_preset_and_report(tmp_path, shapes_root, capsys):
         assert float(r["val/miou"]) == json.loads((sweep / r["job"] / "metrics.json").read_text())["val/miou"]
         # the cost beside the quality: test_resnet + DeepLabV3+ has 980,997 parameters
         assert int(float(r["model/params_total"])) == 980997
-        assert float(r["model/gflops"]) > 0 and float(r["train/img_per_s"]) > 0
+        assert float(r["model/gflops"]) > 0 and float(r["train/img_per_s"]) > 0 and float(r["time/fit_min"]) > 0
     settings = list(csv.DictReader(open(paths["csv"])))
     assert len(settings) == 4 and {s["n"] for s in settings} == {"0", "1"}
     failed = next(s for s in settings if float(s["loss.dice_weight"]) == 0.0)

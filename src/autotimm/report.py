@@ -27,8 +27,9 @@ from omegaconf import OmegaConf
 
 FAILED, INCOMPLETE = "failed", "incomplete"
 HIDDEN = ("lr-", "train/lr", "train/grad_norm", "train/weight_norm", "train/nonfinite")
-# the cost of each setting, shown beside its quality: parameters, forward GFLOPs per image, training images/s
-COST_KEYS = ("model/params_total", "model/gflops", "train/img_per_s")
+# the cost of each setting, shown beside its quality: parameters, forward GFLOPs per image, training images/s and
+# minutes of fit (training + validation wall time)
+COST_KEYS = ("model/params_total", "model/gflops", "train/img_per_s", "time/fit_min")
 SEED = "seed"
 
 

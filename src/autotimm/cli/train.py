@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 import traceback
 from typing import Any
 
@@ -48,11 +49,16 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         lg.log_hyperparams(counts)
     out = output_dir(cfg)
     remember_wandb_id(trainer, out)
+    fit_s = 0.0
     if cfg.get("train", True):
         log.info("training %s on %s", type(model).__name__, type(datamodule).__name__)
+        start = time.perf_counter()
         with untrusted_checkpoint(cfg.get("ckpt_path")):
             trainer.fit(model, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"), weights_only=True)
+        fit_s = time.perf_counter() - start
     metrics = scalar_metrics(trainer.callback_metrics)
+    # wall time of fit (training + validation), so sweeps can compare quality per CPU-minute
+    metrics["time/fit_min"] = round(fit_s / 60, 3)
     ckpt_cb = trainer.checkpoint_callback
     best = getattr(ckpt_cb, "best_model_path", "") or ""
     if cfg.get("test", False):
