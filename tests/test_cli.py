@@ -41,6 +41,10 @@ def test_train_then_eval_subprocess(tmp_path, shapes_root):
     assert (out / "checkpoints" / "last.ckpt").is_file() and Path(metrics["best_model_path"]).is_file()
     assert (out / "csv" / "metrics.csv").is_file()
     assert "val/miou" in proc.stdout  # the final metrics table
+    # per-class IoU named from the dataset's class names, printed as a class x stage table
+    for name in ("background", "circle", "square", "triangle", "star"):
+        assert 0.0 <= metrics[f"val/iou_{name}"] <= 1.0 and f"test/iou_{name}" in metrics
+    assert "per-class IoU" in proc.stdout
 
     proc = run("eval.py", *common, "head=fcn", "loss=tversky", f"ckpt_path={out / 'checkpoints' / 'last.ckpt'}")
     evals = list((tmp_path / "outputs" / "eval" / "runs").iterdir())

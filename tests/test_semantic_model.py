@@ -95,6 +95,38 @@ def test_compile_is_skipped_on_cpu_unless_forced():
     assert not any("_orig_mod" in k for k in model.state_dict())
 
 
+def test_per_class_iou_is_named_exact_and_averages_to_miou():
+    """val/iou_<class name> from the confusion matrix of the scored predictions: hand-computed values, key-safe
+    names, and their mean equals the macro mIoU metric."""
+    from types import SimpleNamespace
+
+    miou = MetricConfig(name="miou", metric_class="JaccardIndex", params={"task": "multiclass", "average": "macro"},
+                        stages=["val"])
+    model = make(class_names=["Sky", "road side", "car"], metrics=[miou])
+    target = torch.tensor([[[0, 0, 1], [1, 2, 2]]])
+    pred = torch.tensor([[[0, 1, 1], [1, 2, 0]]])
+    model.forward = lambda x: torch.nn.functional.one_hot(pred, 3).permute(0, 3, 1, 2).float()
+    logged = {}
+    model.log = lambda name, value, **k: logged.__setitem__(name, float(value.compute() if hasattr(value, "compute")
+                                                                         else value))
+    model._eval_step({"image": torch.zeros(1, 3, 2, 3), "mask": target}, "val")
+    model.on_validation_epoch_end()
+    # class 0: 1 shared of 3 pixels; class 1: 2 of 3; class 2: 1 of 2
+    assert logged["val/iou_sky"] == pytest.approx(1 / 3)
+    assert logged["val/iou_road_side"] == pytest.approx(2 / 3)
+    assert logged["val/iou_car"] == pytest.approx(1 / 2)
+    assert logged["val/miou"] == pytest.approx((1 / 3 + 2 / 3 + 1 / 2) / 3)
+    # without names of its own, the model adopts the data module's (and keeps them in its hyper-parameters)
+    other = make()
+    other._trainer = SimpleNamespace(datamodule=SimpleNamespace(class_names=["a", "b", "c"]))
+    other.on_validation_start()
+    other._trainer = None
+    assert other.class_names == ["a", "b", "c"] and other.hparams["class_names"] == ["a", "b", "c"]
+    assert make().metric_class_keys() == ["0", "1", "2"]
+    with pytest.raises(ValueError, match="class_names: 2 names for num_classes=3"):
+        make(class_names=["a", "b"])
+
+
 def test_channels_last_auto_follows_device_and_precision():
     """channels_last="auto": contiguous for fp32 on CPU, channels-last under bf16 autocast; outputs unchanged."""
     from types import SimpleNamespace

@@ -151,12 +151,32 @@ def write_metrics(output_dir: str | Path, metrics: dict[str, Any], **extra: Any)
 
 
 def print_summary(title: str, metrics: dict[str, Any]) -> None:
+    """The final metrics as a table; per-class metrics (``<stage>/iou_<class>``) as a second table, one row per
+    class and one column per stage."""
+    import re
+
     from rich.console import Console
     from rich.table import Table
 
+    per_class: dict[str, dict[str, float]] = {}
     table = Table(title=title)
     table.add_column("metric")
     table.add_column("value", justify="right")
     for k, v in metrics.items():
+        m = re.fullmatch(r"(\w+)/iou_(.+)", k)
+        if m:
+            per_class.setdefault(m.group(2), {})[m.group(1)] = v
+            continue
         table.add_row(k, f"{v:.4f}" if isinstance(v, float) else str(v))
-    Console().print(table)
+    console = Console()
+    console.print(table)
+    if per_class:
+        stages = sorted({s for row in per_class.values() for s in row}, key=lambda s: ("val", "test").index(s)
+                        if s in ("val", "test") else 2)
+        pc = Table(title="per-class IoU")
+        pc.add_column("class")
+        for stage in stages:
+            pc.add_column(stage, justify="right")
+        for name, row in per_class.items():
+            pc.add_row(name, *(f"{row[s]:.4f}" if s in row else "" for s in stages))
+        console.print(pc)

@@ -10,6 +10,7 @@ from typing import Any
 
 import torch
 from torch import nn
+from torchmetrics.classification import JaccardIndex
 
 from ..backbones import FeatureBackboneConfig, TimmFeatureBackbone, as_backbone_config, resolve_preprocess
 from ..heads import HEADS
@@ -17,7 +18,7 @@ from ..losses import LOSSES
 from ..metrics import MetricConfig
 from ..models.semantic import SemanticModel, logits_to_original
 from ..training.logging_config import LoggingConfig
-from ..utils import plain
+from ..utils import check_class_names, metric_keys, plain
 from .base import BaseTask, Factory, build_component, component_spec, named_choice
 
 
@@ -90,10 +91,13 @@ class SemanticSegmentor(BaseTask):
         preprocess: dict | None = None,
         model: nn.Module | None = None,
         init_from: str | None = None,
+        class_names: list[str] | None = None,
+        per_class_metrics: bool = True,
     ):
         super().__init__()
         if not isinstance(num_classes, int) or num_classes < 1:
             raise ValueError(f"num_classes must be an integer >= 1, got {num_classes!r}")
+        class_names = check_class_names(class_names, num_classes)
         head_type = named_choice(head_type, HEADS, "head_type")
         loss_type = named_choice(loss_type, LOSSES, "loss_type")
         backbone_cfg = as_backbone_config(backbone)
@@ -134,10 +138,58 @@ class SemanticSegmentor(BaseTask):
             raise ValueError(f"channels_last must be true, false or 'auto', got {channels_last!r}")
         if channels_last is True:
             self._apply_channels_last(True)
+        self.class_names = class_names
+        # per-class IoU (val/iou_<class name>): the confusion matrix of the same predictions the metrics score;
+        # torchmetrics states are not persistent, so checkpoints keep the same keys
+        self.per_class = nn.ModuleDict({stage: JaccardIndex(task="multiclass", num_classes=num_classes,
+                                                            ignore_index=ignore_index, average="none")
+                                        for stage in ("val", "test")}) if per_class_metrics else None
 
     @property
     def head(self) -> nn.Module:
         return self.model.head
+
+    # class names and per-class IoU -------------------------------------------------------------------------------
+    def _adopt_class_names(self):
+        """Without names of its own, the model takes the attached data module's (dataset config ``class_names``,
+        or the format's own), so they travel in the checkpoint and name the per-class metrics."""
+        if self.class_names is None:
+            names = getattr(getattr(self._trainer, "datamodule", None), "class_names", None)
+            if names and len(names) == self.num_classes:
+                self.class_names = list(names)
+                self.hparams["class_names"] = list(names)
+
+    def metric_class_keys(self) -> list[str]:
+        """The per-class metric suffixes: ``class_names`` made key-safe (lower case, ``_`` for other characters),
+        else the class indices."""
+        return metric_keys(self.class_names, self.num_classes)
+
+    def on_fit_start(self):
+        self._adopt_class_names()
+        super().on_fit_start()
+
+    def on_validation_start(self):
+        self._adopt_class_names()
+
+    def on_test_start(self):
+        self._adopt_class_names()
+
+    def _log_per_class(self, stage: str):
+        if self.per_class is None:
+            return
+        metric = self.per_class[stage]
+        if not metric.update_called:
+            return
+        values = metric.compute()
+        for key, v in zip(self.metric_class_keys(), values):
+            self.log(f"{stage}/iou_{key}", v, sync_dist=False)
+        metric.reset()
+
+    def on_validation_epoch_end(self):
+        self._log_per_class("val")
+
+    def on_test_epoch_end(self):
+        self._log_per_class("test")
 
     def compiled_modules(self) -> list[nn.Module]:
         return [self.model.backbone, self.model.head]
@@ -181,6 +233,8 @@ class SemanticSegmentor(BaseTask):
         self.log(f"{stage}/loss", loss, on_step=False, on_epoch=True, prog_bar=stage == "val",
                  batch_size=images.shape[0], sync_dist=True)
         metrics = list(self.metric_manager.for_stage(stage))
+        if self.per_class is not None and stage in self.per_class:
+            metrics.append((None, self.per_class[stage]))
         if metrics:
             if "orig_mask" in batch:  # score against the original-resolution labels
                 preds = self.logits_to_original(logits, batch.get("valid_size"), batch["orig_size"])

@@ -49,7 +49,8 @@ class WandbImagePanels(pl.Callback):
         return next((lg for lg in trainer.loggers if isinstance(lg, WandbLogger)), None)
 
     def _class_labels(self, trainer, pl_module, instance: bool) -> dict[int, str]:
-        names = getattr(getattr(trainer, "datamodule", None), "class_names", None)
+        names = getattr(pl_module, "class_names", None) or getattr(getattr(trainer, "datamodule", None),
+                                                                   "class_names", None)
         n = pl_module.num_classes
         names = list(names) if names and len(names) == n else [f"class_{i}" for i in range(n)]
         if instance:
