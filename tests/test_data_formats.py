@@ -295,3 +295,55 @@ def test_camvid_generated_tree_and_named_errors(tmp_path):
     dm.setup("fit")
     with pytest.raises(ValueError, match=r"trainannot/f1.png: label values \[13\] are not in the class mapping"):
         dm.train_dataset[1]
+
+
+# ------------------------------------------------------------------------------------------------ ADE20K
+def write_ade20k(root, missing_label=False, bad_value=False):
+    """A tree in ADEChallengeData2016's layout: images/{training,validation}/*.jpg, annotations/.../*.png."""
+    rng = np.random.default_rng(0)
+    base = root / "ADEChallengeData2016"
+    for folder in ("training", "validation"):
+        (base / "images" / folder).mkdir(parents=True)
+        (base / "annotations" / folder).mkdir(parents=True)
+        for i in range(2):
+            name = f"ADE_{folder[:5]}_{i:08d}"
+            Image.fromarray(rng.integers(0, 255, (20, 30, 3), dtype=np.uint8)).save(base / "images" / folder /
+                                                                                    f"{name}.jpg")
+            lab = np.zeros((20, 30), np.uint8)
+            lab[:, 10:20], lab[:, 20:] = 1, 150  # other, wall, flag
+            if bad_value and i == 1:
+                lab[0, 0] = 151
+            if not (missing_label and i == 1):
+                Image.fromarray(lab).save(base / "annotations" / folder / f"{name}.png")
+    return root
+
+
+def test_ade20k_generated_tree_labels_and_named_errors(tmp_path):
+    from omegaconf import OmegaConf
+
+    from autotimm.data.formats import ade20k
+
+    root = write_ade20k(tmp_path / "a")
+    cfg = OmegaConf.load(Path(__file__).resolve().parents[1] / "conf" / "dataset" / "ade20k.yaml")
+    assert cfg.class_names == ade20k.ADE20K_CLASSES and len(cfg.class_names) == cfg.num_classes == 150
+    dm = SegmentationDataModule(root, format="ade20k", image_size=32, batch_size=2, num_workers=0, num_classes=150,
+                                augmentation_preset="light")
+    dm.setup("fit")
+    assert [s.image_id for s in dm.train_dataset.split.samples] == ["ADE_train_00000000", "ADE_train_00000001"]
+    assert dm.class_names[0] == "wall" and dm.class_names[149] == "flag"
+    # 0 ("other") -> ignore, 1 -> 0 (wall), 150 -> 149 (flag), at the original resolution
+    orig = dm.val_dataset[0]["orig_mask"]
+    assert orig.shape == (20, 30)
+    assert (orig[:, :10] == 255).all() and (orig[:, 10:20] == 0).all() and (orig[:, 20:] == 149).all()
+    # the ADEChallengeData2016 folder itself works as the root too
+    assert len(ade20k.load_split(root / "ADEChallengeData2016", "val").samples) == 2
+    root = write_ade20k(tmp_path / "b", missing_label=True)
+    with pytest.raises(ValueError, match=r"1 image\(s\) in .*images/training have no label <name>.png"):
+        ade20k.load_split(root, "train")
+    with pytest.raises(ValueError, match="unknown split 'test'"):
+        ade20k.load_split(root, "test")
+    root = write_ade20k(tmp_path / "c", bad_value=True)
+    dm = SegmentationDataModule(root, format="ade20k", image_size=32, batch_size=2, num_workers=0, num_classes=150)
+    dm.setup("fit")
+    with pytest.raises(ValueError, match=r"ADE_train_00000001.png: label values \[151\] are not in the class mapping"):
+        dm.train_dataset[1]
