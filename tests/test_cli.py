@@ -46,10 +46,13 @@ def test_train_then_eval_subprocess(tmp_path, shapes_root):
         assert 0.0 <= metrics[f"val/iou_{name}"] <= 1.0 and f"test/iou_{name}" in metrics
     assert "per-class IoU" in proc.stdout
 
-    proc = run("eval.py", *common, "head=fcn", "loss=tversky", f"ckpt_path={out / 'checkpoints' / 'last.ckpt'}")
+    # multi-scale + flip evaluation (autotimm.tta), scored at the original resolution
+    proc = run("eval.py", *common, "head=fcn", "loss=tversky", f"ckpt_path={out / 'checkpoints' / 'last.ckpt'}",
+               "tta.scales=[0.75,1.0]", "tta.flip=true")
     evals = list((tmp_path / "outputs" / "eval" / "runs").iterdir())
     em = json.loads((evals[0] / "metrics.json").read_text())
     assert 0.0 <= em["test/miou"] <= 1.0 and em["ckpt_path"].endswith("last.ckpt")
+    assert "test-time augmentation: TTA(scales=[0.75, 1.0], flip=True" in proc.stdout + proc.stderr
 
 
 @pytest.mark.slow

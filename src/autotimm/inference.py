@@ -10,10 +10,11 @@ from pathlib import Path
 import cv2
 import numpy as np
 import torch
-import torch.nn.functional as F
 from pycocotools import mask as mask_utils
 
 from .data.transforms import CV2_INTERPOLATION, DEFAULT_PREPROCESS, eval_finish, eval_resize
+from .tta import TTA, pad_to, tta_logits
+from .tta import sliding_window_logits as tta_sliding_window
 
 
 def model_preprocess(model) -> dict:
@@ -39,83 +40,66 @@ def eval_input(image: np.ndarray, preprocess: dict, image_size: int, device) -> 
     return x[None].to(device), (int(resized.shape[0]), int(resized.shape[1]))
 
 
-def _pad_to(x: torch.Tensor, h: int, w: int) -> torch.Tensor:
-    return F.pad(x, (0, w - x.shape[-1], 0, h - x.shape[-2]))
-
-
 def sliding_window_logits(forward, image: torch.Tensor, tile: int, overlap: float, batch: int = 8) -> torch.Tensor:
-    """Average the logits of overlapping ``tile`` x ``tile`` windows ([1,3,H,W] -> [1,C,H,W]).
-
-    The image is padded so the windows tile it exactly (stride ``tile * (1 - overlap)``); window logits are summed
-    back with ``F.fold`` and divided by the per-pixel window count, all in tensor ops.
-    """
+    """Average the logits of overlapping ``tile`` x ``tile`` windows ([1,3,H,W] -> [1,C,H,W]), stride
+    ``tile * (1 - overlap)`` (``autotimm.tta.sliding_window_logits`` with the stride as a fraction)."""
     if not 0 <= overlap < 1:
         raise ValueError(f"overlap must be in [0, 1), got {overlap}")
-    _, _, h, w = image.shape
-    stride = max(1, int(round(tile * (1 - overlap))))
-    ph = max(tile, tile + math.ceil((h - tile) / stride) * stride)
-    pw = max(tile, tile + math.ceil((w - tile) / stride) * stride)
-    x = _pad_to(image, ph, pw)
-    windows = F.unfold(x, tile, stride=stride)  # [1, 3*t*t, T]
-    n = windows.shape[-1]
-    windows = windows[0].T.reshape(n, 3, tile, tile)
-    logits = torch.cat([forward(windows[i: i + batch]) for i in range(0, n, batch)])  # [T, C, t, t]
-    c = logits.shape[1]
-    summed = F.fold(logits.reshape(n, -1).T[None], (ph, pw), tile, stride=stride)
-    counts = F.fold(torch.ones(1, tile * tile, n, device=x.device), (ph, pw), tile, stride=stride)
-    return (summed / counts)[..., :h, :w].reshape(1, c, h, w)
+    return tta_sliding_window(forward, image, tile, max(1, int(round(tile * (1 - overlap)))), batch)
 
 
-def _padded_forward(model, batch: torch.Tensor, multiple: int, hflip: bool) -> torch.Tensor:
-    """Logits of a batch padded bottom/right to ``multiple`` and cropped back (flip TTA: averaged with the flipped
-    batch's logits; flipping back puts the right-hand padding on the right again, so the same crop applies)."""
-    hh, ww = batch.shape[-2:]
-    padded = _pad_to(batch, math.ceil(hh / multiple) * multiple, math.ceil(ww / multiple) * multiple)
-    try:
-        out = model(padded)[..., :hh, :ww].float()
-    except (RuntimeError, AssertionError, ValueError) as e:  # fixed-size backbones: say which sizes work
-        name = getattr(getattr(model.backbone, "config", None), "model_name", "?")
-        size = model_preprocess(model).get("image_size")
-        raise ValueError(f"backbone {name} cannot take a {padded.shape[-2]}x{padded.shape[-1]} input ({e}); it was "
-                         f"built for {size}x{size}: predict at that size (image_size={size}, or tile_size={size} "
-                         f"for sliding windows)") from e
-    if hflip:
-        out = 0.5 * (out + model(padded.flip(-1)).flip(-1)[..., :hh, :ww].float())
-    return out
+def guarded_forward(model):
+    """``model`` as a forward function whose size errors (fixed-size backbones) say which size works."""
+    def forward(x: torch.Tensor) -> torch.Tensor:
+        try:
+            return model(x)
+        except (RuntimeError, AssertionError, ValueError) as e:
+            name = getattr(getattr(model.backbone, "config", None), "model_name", "?")
+            size = model_preprocess(model).get("image_size")
+            raise ValueError(f"backbone {name} cannot take a {x.shape[-2]}x{x.shape[-1]} input ({e}); it was built "
+                             f"for {size}x{size}: predict at that size (image_size={size}, or tile_size={size} for "
+                             f"sliding windows)") from e
+
+    return forward
 
 
 @torch.no_grad()
 def predict_semantic(model, image: np.ndarray, image_size: int | None = None, tile_size: int | None = None,
-                     overlap: float = 0.25, hflip: bool = False) -> np.ndarray:
+                     overlap: float = 0.25, hflip: bool = False, scales: list[float] | None = None) -> np.ndarray:
     """Class ids [H, W] at the image's own resolution.
 
     Whole image (default): exactly the validation pipeline at the model's ``preprocess.image_size`` (or
     ``image_size``): longest side resized, padded to a square, logits cropped and resized back before the argmax.
     A model that does not know its training size runs the image at its own size, padded to the backbone's stride.
     ``tile_size`` switches to sliding-window inference over the image at its own size (resized first when
-    ``image_size`` is given); ``hflip`` averages the logits with the flipped image's.
+    ``image_size`` is given); ``hflip`` averages the logits with the flipped image's, ``scales`` over rescaled
+    copies (``autotimm.tta``: the same implementation ``eval.py`` and the validation loop use).
     """
     model.eval()
     device = next(model.parameters()).device
     pre = model_preprocess(model)
     multiple = int(pre.get("pad_multiple") or model.backbone.output_stride)
+    forward = guarded_forward(model)
     h0, w0 = image.shape[:2]
+    scales = list(scales or [1.0])
     if tile_size:
+        if not 0 <= overlap < 1:
+            raise ValueError(f"overlap must be in [0, 1), got {overlap}")
         if image_size:
             s = image_size / max(h0, w0)
             image = cv2.resize(image, (max(1, round(w0 * s)), max(1, round(h0 * s))),
                                interpolation=CV2_INTERPOLATION[pre["interpolation"]])
-        x = to_tensor(image, device, pre)
-        logits = sliding_window_logits(lambda b: _padded_forward(model, b, multiple, hflip), x, tile_size, overlap)
+        tta = TTA(scales=scales, flip=hflip, mode="slide", crop_size=tile_size,
+                  stride=max(1, int(round(tile_size * (1 - overlap)))))
+        logits = tta_logits(forward, to_tensor(image, device, pre), tta, multiple, out_size=(h0, w0))
     else:
+        tta = TTA(scales=scales, flip=hflip)
         size = image_size or pre.get("image_size")
         if size:
-            x, (vh, vw) = eval_input(image, pre, int(size), device)
-            logits = _padded_forward(model, x, multiple, hflip)[..., :vh, :vw]
+            x, valid = eval_input(image, pre, int(size), device)
+            logits = tta_logits(forward, x, tta, multiple, valid_size=valid, out_size=(h0, w0))
         else:
-            logits = _padded_forward(model, to_tensor(image, device, pre), multiple, hflip)
-    if logits.shape[-2:] != (h0, w0):
-        logits = F.interpolate(logits, size=(h0, w0), mode="bilinear", align_corners=False)
+            logits = tta_logits(forward, to_tensor(image, device, pre), tta, multiple, out_size=(h0, w0))
     return logits.argmax(1)[0].cpu().numpy().astype(np.int64)
 
 
@@ -134,7 +118,7 @@ def predict_instance(model, image: np.ndarray, image_size: int | None = None) ->
     else:
         x, (vh, vw) = to_tensor(image, device, pre), (h0, w0)
         multiple = int(pre.get("pad_multiple") or 32)
-        x = _pad_to(x, math.ceil(vh / multiple) * multiple, math.ceil(vw / multiple) * multiple)
+        x = pad_to(x, math.ceil(vh / multiple) * multiple, math.ceil(vw / multiple) * multiple)
     net = model.model
     return net.detect(net.features(x), torch.tensor([[h0, w0]]), torch.tensor([[vh, vw]]))[0]
 

@@ -6,8 +6,9 @@ from pathlib import Path
 from typing import Any
 
 from hydra.utils import get_class, instantiate
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
+from ..tta import as_tta
 from .common import (
     build_trainer,
     check_pairing,
@@ -30,6 +31,12 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
     with untrusted_checkpoint(ckpt):
         model = model_cls.load_from_checkpoint(str(ckpt), map_location="cpu", weights_only=True)
     check_pairing(model, datamodule)
+    tta = as_tta(OmegaConf.to_container(cfg.tta, resolve=True)) if cfg.get("tta") else None
+    if tta is not None and not tta.identity:
+        if not hasattr(model, "set_tta"):
+            raise ValueError(f"tta: test-time augmentation is for semantic models, not {type(model).__name__}")
+        model.set_tta(tta, ["test"])
+        log.info("test-time augmentation: %s", tta)
     trainer = build_trainer(cfg, callbacks=False)
     log.info("testing %s", ckpt)
     trainer.test(model, datamodule=datamodule)

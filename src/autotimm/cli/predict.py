@@ -55,7 +55,8 @@ def predict(cfg: DictConfig) -> dict:
             results += coco_results(pred, stem)
         else:
             classes = predict_semantic(model, image, cfg.get("image_size"), cfg.get("tile_size"),
-                                       float(cfg.get("overlap", 0.25)), bool(cfg.get("tta_hflip", False)))
+                                       float(cfg.get("overlap", 0.25)), bool(cfg.get("tta_hflip", False)),
+                                       list(cfg.get("tta_scales") or [1.0]))
             save_semantic(image, classes, out_dir, stem, model.num_classes)
         written += 1
     if isinstance(model, InstanceSegmentor):

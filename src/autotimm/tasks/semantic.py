@@ -18,6 +18,7 @@ from ..losses import LOSSES
 from ..metrics import MetricConfig
 from ..models.semantic import SemanticModel, logits_to_original
 from ..training.logging_config import LoggingConfig
+from ..tta import TTA, as_tta, tta_logits
 from ..utils import check_class_names, metric_keys, plain
 from .base import BaseTask, Factory, build_component, component_spec, named_choice
 
@@ -46,6 +47,10 @@ class SemanticSegmentor(BaseTask):
             ``{"_target_": ..., **kwargs}`` dict; it is called with ``in_channels``, ``num_classes``, ``reductions``.
             (Hydra's ``conf/head/*.yaml`` pass this.)
         loss: a loss factory overriding ``loss_type`` (same forms), called with ``num_classes`` and ``ignore_index``.
+        class_names: one name per class (default: the attached data module's); per-class metrics are named after
+            them (``val/iou_<name>``). ``per_class_metrics``: log the per-class IoU of val and test.
+        tta / tta_stages: test-time augmentation (``{"scales": [...], "flip": ..., "mode": "whole"|"slide",
+            "crop_size": ..., "stride": ...}``, ``autotimm.tta.TTA``) for the stages listed (default test only).
         channels_last: run convolutions in channels-last memory format: ``True``, ``False``, or ``"auto"`` = on
             when training on CUDA or under bf16 autocast, off for fp32 on CPU (where oneDNN's fp32 convolutions
             measured up to 23% slower channels-last: ``benchmarks/bench_semantic.py``). Decided at fit start.
@@ -93,6 +98,8 @@ class SemanticSegmentor(BaseTask):
         init_from: str | None = None,
         class_names: list[str] | None = None,
         per_class_metrics: bool = True,
+        tta: dict | None = None,
+        tta_stages: Sequence[str] = ("test",),
     ):
         super().__init__()
         if not isinstance(num_classes, int) or num_classes < 1:
@@ -139,6 +146,7 @@ class SemanticSegmentor(BaseTask):
         if channels_last is True:
             self._apply_channels_last(True)
         self.class_names = class_names
+        self.set_tta(tta, tta_stages)
         # per-class IoU (val/iou_<class name>): the confusion matrix of the same predictions the metrics score;
         # torchmetrics states are not persistent, so checkpoints keep the same keys
         self.per_class = nn.ModuleDict({stage: JaccardIndex(task="multiclass", num_classes=num_classes,
@@ -148,6 +156,32 @@ class SemanticSegmentor(BaseTask):
     @property
     def head(self) -> nn.Module:
         return self.model.head
+
+    # test-time augmentation ----------------------------------------------------------------------------------------
+    def set_tta(self, tta: dict | TTA | None, stages: Sequence[str] = ("test",)) -> None:
+        """Score ``stages`` (``"val"``, ``"test"``) with test-time augmentation (``autotimm.tta.TTA``: ``scales``,
+        ``flip``, ``mode`` whole/slide, ``crop_size``, ``stride``): logits of every view averaged at the original
+        resolution before the argmax. ``None`` (or one whole view at scale 1) is the plain forward."""
+        stages = [stages] if isinstance(stages, str) else list(stages)
+        bad = [s for s in stages if s not in ("val", "test")]
+        if bad:
+            raise ValueError(f"tta_stages: expected 'val' and/or 'test', got {bad}")
+        self.tta = as_tta(plain(tta))
+        self.tta_stages = stages
+
+    def _tta_for(self, stage: str) -> TTA | None:
+        tta = getattr(self, "tta", None)
+        return tta if tta is not None and not tta.identity and stage in self.tta_stages else None
+
+    def _tta_preds(self, tta: TTA, batch: dict[str, Any]) -> list[torch.Tensor]:
+        """Per image: class ids at the original resolution (or the label's) from the TTA-averaged logits."""
+        images = batch["image"]
+        multiple = int(self.preprocess.get("pad_multiple") or self.model.backbone.output_stride)
+        valid = batch.get("valid_size")
+        targets = batch["orig_mask"] if "orig_mask" in batch else batch["mask"]
+        return [tta_logits(self.model, images[i: i + 1], tta, multiple,
+                           valid_size=valid[i].tolist() if valid is not None else None,
+                           out_size=targets[i].shape[-2:]).argmax(1)[0] for i in range(images.shape[0])]
 
     # class names and per-class IoU -------------------------------------------------------------------------------
     def _adopt_class_names(self):
@@ -235,7 +269,14 @@ class SemanticSegmentor(BaseTask):
         metrics = list(self.metric_manager.for_stage(stage))
         if self.per_class is not None and stage in self.per_class:
             metrics.append((None, self.per_class[stage]))
-        if metrics:
+        tta = self._tta_for(stage)
+        if metrics and tta is not None:  # test-time augmentation: one implementation with predict.py (autotimm.tta)
+            targets = batch["orig_mask"] if "orig_mask" in batch else masks
+            for pred, target in zip(self._tta_preds(tta, batch), targets):
+                for _, metric in metrics:
+                    metric.update(pred[None], target[None].to(pred.device))
+            self._log_metrics(stage, on_step=False)
+        elif metrics:
             if "orig_mask" in batch:  # score against the original-resolution labels
                 preds = self.logits_to_original(logits, batch.get("valid_size"), batch["orig_size"])
                 for pred, target in zip(preds, batch["orig_mask"]):
