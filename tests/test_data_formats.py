@@ -290,10 +290,15 @@ def test_camvid_generated_tree_and_named_errors(tmp_path):
     root = write_camvid(tmp_path / "c", with_list=False, missing_label=True)
     with pytest.raises(ValueError, match=r"1 image\(s\) in .*train have no label of the same name"):
         camvid.load_split(root, "train")
-    root = write_camvid(tmp_path / "d", bad_value=True)
-    dm = SegmentationDataModule(root, format="camvid", image_size=32, batch_size=2, num_workers=0, num_classes=11)
+    assert_second_label_refused(write_camvid(tmp_path / "d", bad_value=True), "camvid", 11,
+                                r"trainannot/f1.png: label values \[13\] are not in the class mapping")
+
+
+def assert_second_label_refused(root, fmt, num_classes, match):
+    """Reading the second training sample fails with an error naming its label file and the bad values."""
+    dm = SegmentationDataModule(root, format=fmt, image_size=32, batch_size=2, num_workers=0, num_classes=num_classes)
     dm.setup("fit")
-    with pytest.raises(ValueError, match=r"trainannot/f1.png: label values \[13\] are not in the class mapping"):
+    with pytest.raises(ValueError, match=match):
         dm.train_dataset[1]
 
 
@@ -342,8 +347,5 @@ def test_ade20k_generated_tree_labels_and_named_errors(tmp_path):
         ade20k.load_split(root, "train")
     with pytest.raises(ValueError, match="unknown split 'test'"):
         ade20k.load_split(root, "test")
-    root = write_ade20k(tmp_path / "c", bad_value=True)
-    dm = SegmentationDataModule(root, format="ade20k", image_size=32, batch_size=2, num_workers=0, num_classes=150)
-    dm.setup("fit")
-    with pytest.raises(ValueError, match=r"ADE_train_00000001.png: label values \[151\] are not in the class mapping"):
-        dm.train_dataset[1]
+    assert_second_label_refused(write_ade20k(tmp_path / "c", bad_value=True), "ade20k", 150,
+                                r"ADE_train_00000001.png: label values \[151\] are not in the class mapping")
