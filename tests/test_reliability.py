@@ -308,7 +308,7 @@ def test_voc_split_entry_cannot_escape_the_dataset(tmp_path):
 
 @pytest.mark.parametrize("make, match", [
     (lambda: __import__("autotimm").SegmentationDataModule("d", format="tiff"),
-     r"format: unknown 'tiff'; valid: \['camvid', 'cityscapes', 'coco', 'png', 'voc'\]"),
+     r"format: unknown 'tiff'; valid: \['ade20k', 'camvid', 'cityscapes', 'coco', 'png', 'voc'\]"),
     (lambda: __import__("autotimm").SegmentationDataModule("d", augmentation_preset="extreme"),
      r"augmentation_preset: unknown 'extreme'; valid: \['light', 'default', 'strong'\]"),
     (lambda: __import__("autotimm").InstanceSegmentationDataModule("d", augmentation_preset="extreme"),
