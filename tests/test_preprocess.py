@@ -69,7 +69,7 @@ def test_checkpoint_holds_preprocess_and_predict_equals_validation(tmp_path):
     ckpt = torch.load(tmp_path / "m.ckpt", weights_only=True)
     assert ckpt["hyper_parameters"]["preprocess"] == {"mean": [0.5] * 3, "std": [0.5] * 3,
                                                       "interpolation": "bilinear", "image_size": 64,
-                                                      "pad_multiple": 32}
+                                                      "pad_multiple": 16}  # DeepLabV3+: OS 16
     loaded = load_task(tmp_path / "m.ckpt")
     files = sorted((root / "val" / "images").glob("*.png"), key=lambda p: int(p.stem))
     val_maps = [m for batch in val_maps for m in batch]

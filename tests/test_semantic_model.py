@@ -38,10 +38,36 @@ def test_predict_matches_argmax_of_forward():
 
 
 def test_deeplab_rates_follow_output_stride_and_low_level_is_stride4():
-    for os_, rates in ((None, (3, 6, 9)), (16, (6, 12, 18)), (8, (12, 24, 36))):
+    for os_, rates in ((None, (3, 6, 9)), ("auto", (6, 12, 18)), (16, (6, 12, 18)), (8, (12, 24, 36))):
         model = make(backbone=FeatureBackboneConfig("resnet18", pretrained=False, output_stride=os_))
         assert model.head.aspp.atrous_rates == rates
         assert model.backbone.reductions[model.head.low_index] == 4
+
+
+def test_output_stride_auto_is_the_heads_preference_and_is_saved_resolved(tmp_path):
+    """``output_stride: auto`` (the default): DeepLabV3+ dilates a backbone that can to stride 16; FCN and a plain ViT
+    keep the native stride; the checkpoint holds the number, so reloading rebuilds the same network."""
+    cases = [("test_resnet", "deeplabv3plus", 16, [2, 4, 8, 16, 16]),
+             ("test_resnet", "fcn", None, [2, 4, 8, 16, 32]),
+             ("test_vit", "deeplabv3plus", None, [4, 8, 16, 32]),
+             ("test_convnext", "deeplabv3plus", 16, [4, 8, 16, 16])]
+    for name, head, saved, reds in cases:
+        model = SemanticSegmentor(FeatureBackboneConfig(name, pretrained=False), num_classes=3, head_type=head)
+        assert FeatureBackboneConfig(name).output_stride == "auto"
+        assert model.backbone.reductions == reds, (name, head)
+        assert model.hparams.backbone["output_stride"] == saved
+        assert model.preprocess["pad_multiple"] == reds[-1]
+    native = SemanticSegmentor(FeatureBackboneConfig("test_resnet", pretrained=False, output_stride=None),
+                               num_classes=3)
+    assert native.backbone.reductions[-1] == 32 and native.head.aspp.atrous_rates == (3, 6, 9)
+    model = SemanticSegmentor(FeatureBackboneConfig("test_resnet", pretrained=False), num_classes=3)
+    path = tmp_path / "os.ckpt"
+    torch.save({"state_dict": model.state_dict(), "hyper_parameters": dict(model.hparams),
+                "pytorch-lightning_version": pl.__version__}, path)
+    loaded = SemanticSegmentor.load_from_checkpoint(str(path), weights_only=True)
+    assert loaded.backbone.reductions == [2, 4, 8, 16, 16] and loaded.hparams.backbone["output_stride"] == 16
+    with pytest.raises(ValueError, match="backbone.output_stride"):
+        FeatureBackboneConfig("test_resnet", output_stride="16")
 
 
 def test_plain_vit_gets_a_pyramid():

@@ -7,12 +7,15 @@ The contract (timm's ``feature_info``): a backbone returns a list of NCHW featur
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+import logging
+from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
 import timm
 import torch
 from torch import nn
+
+log = logging.getLogger("autotimm")
 
 
 @dataclass
@@ -24,7 +27,11 @@ class FeatureBackboneConfig:
             ``vit_small_patch16_224``...).
         pretrained: load pretrained weights (needs the weights to be downloadable or cached).
         out_indices: which feature levels to return (timm ``out_indices``); ``None`` keeps all.
-        output_stride: 8 or 16 to dilate the last stages (models that support it: ResNets, EfficientNets...).
+        output_stride: 8 or 16 to dilate the last stages (models that support it: ResNets, EfficientNets,
+            ConvNeXts, MobileNets, RegNets...); ``None``: the model's native stride (32 for most); ``"auto"`` (the
+            default): the stride the head asks for (its ``preferred_output_stride``: 16 for DeepLabV3+, as in the
+            paper and smp) where the model can dilate, else native. The task resolves ``"auto"`` when it builds the
+            network and keeps the resolved number in its hyper-parameters.
         drop_path_rate: stochastic depth.
         drop_rate: dropout inside the backbone.
         img_size: input size for models with a fixed input size (ViTs, MaxViT, CoAtNet); ViTs also get
@@ -35,11 +42,17 @@ class FeatureBackboneConfig:
     model_name: str
     pretrained: bool = True
     out_indices: list[int] | None = None
-    output_stride: int | None = None
+    output_stride: int | str | None = "auto"
     drop_path_rate: float = 0.0
     drop_rate: float = 0.0
     img_size: int | None = None
     extra_kwargs: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self):
+        os_ = self.output_stride
+        if not (os_ is None or os_ == "auto" or (isinstance(os_, int) and not isinstance(os_, bool) and os_ > 0)):
+            raise ValueError(f"backbone.output_stride: expected a positive integer (8, 16, 32), 'auto' or null, "
+                             f"got {os_!r}")
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
@@ -97,13 +110,14 @@ class TimmFeatureBackbone(nn.Module):
     PiT, window-based ViTs...) get it as ``img_size`` where timm accepts it, unless the config sets ``img_size``.
     """
 
-    def __init__(self, config: str | dict | FeatureBackboneConfig, image_size: int | None = None):
+    def __init__(self, config: str | dict | FeatureBackboneConfig, image_size: int | None = None,
+                 preferred_output_stride: int | None = None):
         super().__init__()
-        self.config = cfg = as_backbone_config(config)
+        cfg = as_backbone_config(config)
         kwargs: dict[str, Any] = dict(features_only=True, pretrained=cfg.pretrained)
         if cfg.out_indices is not None:
             kwargs["out_indices"] = tuple(cfg.out_indices)
-        if cfg.output_stride is not None:
+        if isinstance(cfg.output_stride, int):
             kwargs["output_stride"] = cfg.output_stride
         if cfg.drop_path_rate:
             kwargs["drop_path_rate"] = cfg.drop_path_rate
@@ -112,7 +126,17 @@ class TimmFeatureBackbone(nn.Module):
         if cfg.img_size is not None:
             kwargs["img_size"] = cfg.img_size
         kwargs.update(cfg.extra_kwargs)
-        self.body = _create(cfg.model_name, kwargs, None if "img_size" in kwargs else image_size)
+        size = None if "img_size" in kwargs else image_size
+        self.body, resolved = None, None
+        if cfg.output_stride == "auto" and preferred_output_stride and "output_stride" not in kwargs:
+            try:  # a model that cannot dilate rejects the argument before building anything
+                self.body = _create(cfg.model_name, {**kwargs, "output_stride": int(preferred_output_stride)}, size)
+                resolved = int(preferred_output_stride)
+            except (TypeError, AssertionError, NotImplementedError) as e:
+                log.info("backbone %s cannot run at output stride %d (%s): native stride kept", cfg.model_name,
+                         preferred_output_stride, str(e).splitlines()[0][:120])
+        if self.body is None:
+            self.body = _create(cfg.model_name, kwargs, size)
         info = self.body.feature_info
         self.body_channels = list(info.channels())
         self.body_reductions = list(info.reduction())
@@ -125,6 +149,8 @@ class TimmFeatureBackbone(nn.Module):
         else:
             self.channels = self.body_channels
             self.reductions = self.body_reductions
+        # the resolved config ("auto" decided: a number, or None = native) rebuilds the same network
+        self.config = replace(cfg, output_stride=resolved if cfg.output_stride == "auto" else cfg.output_stride)
 
     @property
     def output_stride(self) -> int:

@@ -30,7 +30,12 @@ class DeepLabV3PlusHead(nn.Module):
         separable: depthwise-separable ASPP and decoder convs, as in the paper.
         dropout: ASPP dropout.
     Returns logits at the low-level feature's resolution (stride 4); the task upsamples to the input.
+
+    ``preferred_output_stride = 16``: with ``backbone.output_stride: auto`` (the default) the backbone is dilated to
+    stride 16, as in the paper and smp (measured on CamVid: README, "DeepLabV3+ output stride").
     """
+
+    preferred_output_stride = 16
 
     def __init__(self, in_channels: int | Sequence[int], num_classes: int, reductions: Sequence[int] | None = None,
                  aspp_channels: int = 256, decoder_channels: int = 256, low_level_channels: int = 48,

@@ -107,6 +107,7 @@ class InstanceSegmentor(BaseTask):
         category_ids = plain(category_ids)
         if model is None:
             net = TimmFeatureBackbone(backbone_cfg, image_size=(preprocess or {}).get("image_size"))
+            backbone_cfg = net.config  # output_stride "auto" resolved (native: the FPN fuses every level)
             fpn = FPN(net.channels, net.reductions, fpn_channels)
             model = InstanceModel(
                 net, fpn,
@@ -131,7 +132,9 @@ class InstanceSegmentor(BaseTask):
         if init_from:  # fine-tuning: every weight whose name and shape fit
             self.init_weights_from(init_from)
         self._setup_common(lr=lr, weight_decay=weight_decay, optimizer=optimizer, scheduler=scheduler,
-                           metrics=metrics, metric_defaults={}, logging_config=logging_config,
+                           metrics=metrics, logging_config=logging_config,
+                           # COCO mAP over as many detections as the model keeps (dense scenes: up to 1000/image)
+                           metric_defaults={"max_detection_thresholds": [1, 10, max(100, max_detections_per_image)]},
                            freeze_backbone=freeze_backbone, compile_model=compile_model,
                            compile_kwargs=compile_kwargs)
         if channels_last not in (True, False, "auto"):

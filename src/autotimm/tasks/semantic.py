@@ -112,7 +112,9 @@ class SemanticSegmentor(BaseTask):
         loss_spec = component_spec(loss, "loss") or _default_loss_spec(loss_type, ce_weight, dice_weight)
         preprocess = plain(preprocess)
         if model is None:
-            net = TimmFeatureBackbone(backbone_cfg, image_size=(preprocess or {}).get("image_size"))
+            net = TimmFeatureBackbone(backbone_cfg, image_size=(preprocess or {}).get("image_size"),
+                                      preferred_output_stride=preferred_output_stride(head_spec))
+            backbone_cfg = net.config  # output_stride "auto" resolved
             head_module = build_component(head_spec, "head", in_channels=net.channels, num_classes=num_classes,
                                           reductions=net.reductions)
             model = SemanticModel(net, head_module, channels_last is True)
@@ -325,3 +327,16 @@ def _name_of(spec: dict[str, Any], registry: dict[str, type], default: str) -> s
                                 f"autotimm.losses.{cls.__name__}"):
             return name
     return spec["_target_"].rpartition(".")[2] or default
+
+
+def preferred_output_stride(head_spec: dict) -> int | None:
+    """The backbone stride a head asks for (its class's ``preferred_output_stride``), used when the backbone's
+    ``output_stride`` is ``"auto"``. None for heads that fuse every level at the native strides (FCN, UPerNet...)."""
+    from hydra.utils import get_object
+
+    try:
+        target = get_object(head_spec["_target_"])
+    except Exception:  # noqa: BLE001 - building the head reports an unknown target with its own error
+        return None
+    value = getattr(target, "preferred_output_stride", None)
+    return int(value) if value else None
