@@ -19,7 +19,10 @@ GROUPS = ["backbone", "head", "loss", "dataset", "augmentation", "trainer", "mod
 
 
 def options(group):
-    return sorted(p.stem for p in (CONF / group).glob("*.yaml"))
+    """Every option of a group; for experiment also the datasets' recipes (experiment/recipe/shapes.yaml ->
+    "recipe/shapes"). Other nested folders (dataset/coco_task/) are pieces the options include, not options."""
+    files = (CONF / group).glob("**/*.yaml" if group == "experiment" else "*.yaml")
+    return sorted(str(p.relative_to(CONF / group).with_suffix("")) for p in files)
 
 
 def compose_cfg(tmp_path, overrides, config_name="train"):
@@ -49,6 +52,7 @@ def is_mask_head(option: str) -> bool:
 # options that belong to the instance model are composed with model=instance
 INSTANCE_OPTIONS = {("head", o) for o in options("head") if is_mask_head(o)} | {
     ("loss", "instance"), ("dataset", "shapes_instance"), ("model", "instance"), ("experiment", "instance_shapes"),
+    ("experiment", "recipe/shapes_instance"),
     ("experiment", "ablate_mask_size"), ("hparams_search", "optuna_instance")}
 
 
@@ -61,7 +65,7 @@ def test_every_group_has_options():
 def test_compose_and_instantiate(tmp_path, group, option):
     overrides = [f"{group}={option}"]
     instance = (group, option) in INSTANCE_OPTIONS
-    if instance and group not in ("model", "experiment"):
+    if instance and (group not in ("model", "experiment") or option.startswith("recipe/")):
         overrides.append("model=instance")
     if group not in ("backbone", "experiment", "hparams_search"):
         overrides.append("backbone=test_resnet")  # keep it small; experiments pick their own backbone
@@ -160,8 +164,9 @@ def test_instance_overrides(tmp_path):
 
 
 def test_recipes_live_in_experiment_and_follow_the_dataset(tmp_path):
-    """One concept per file: dataset configs hold data only; a dataset's recipe is experiment/<dataset>.yaml, which
-    the defaults select with it; an explicit experiment replaces it; real datasets keep the configs' defaults."""
+    """One concept per file: dataset configs hold data only; a dataset's recipe is experiment/recipe/<dataset>.yaml,
+    which the defaults select with it; an explicit experiment replaces it; real datasets keep the configs' defaults
+    (experiment=camvid is a recipe one asks for by name)."""
     from omegaconf import OmegaConf
 
     for f in (CONF / "dataset").glob("*.yaml"):
@@ -174,3 +179,11 @@ def test_recipes_live_in_experiment_and_follow_the_dataset(tmp_path):
     assert cfg.model.lr == 1e-3 and cfg.task_name == "ablate_mask_size" and cfg.dataset.num_classes == 4
     cfg = compose_cfg(tmp_path, ["dataset=cityscapes"])
     assert "lr" not in cfg.model and cfg.backbone.pretrained is True and cfg.trainer.max_epochs == 50
+    cfg = compose_cfg(tmp_path, ["dataset=camvid"])  # a real dataset: no recipe unless asked for
+    assert "lr" not in cfg.model and cfg.backbone.pretrained is True and cfg.dataset.crop_size is None
+    cfg = compose_cfg(tmp_path, ["experiment=camvid"])  # the from-scratch CamVid recipe switches the dataset
+    assert (cfg.dataset.format, cfg.dataset.image_size, cfg.dataset.crop_size) == ("camvid", 240, 160)
+    assert (cfg.backbone.pretrained, cfg.model.lr, cfg.backbone.output_stride) == (False, 3e-3, "auto")
+    assert cfg.dataset.data_dir.endswith("/camvid")
+    cfg = compose_cfg(tmp_path, ["experiment=camvid_pretrained"])
+    assert (cfg.backbone.pretrained, cfg.model.lr, cfg.dataset.crop_size) == (True, 1e-3, 160)
