@@ -324,6 +324,56 @@ def test_map_agrees_with_cocoeval(tmp_path):
         assert res["map_75"].item() == pytest.approx(ev.stats[2], abs=1e-3)
 
 
+def _dense_scene(rng, n, H=64, W=64):
+    """n small (3-5 px) boxes-as-masks and, per object, a slightly shifted prediction with a random score."""
+    g, p = np.zeros((n, H, W), bool), np.zeros((n, H, W), bool)
+    for i in range(n):
+        x, y = rng.integers(0, W - 6), rng.integers(0, H - 6)
+        w, h = rng.integers(3, 6, 2)
+        g[i, y: y + h, x: x + w] = True
+        p[i] = np.roll(g[i], int(rng.integers(-1, 2)), axis=int(rng.integers(0, 2)))
+    gt = {"boxes": torch.from_numpy(masks_to_boxes(g)), "labels": torch.zeros(n, dtype=torch.long),
+          "masks": torch.from_numpy(g), "iscrowd": torch.zeros(n, dtype=torch.long)}
+    pred = {"boxes": torch.from_numpy(masks_to_boxes(p)), "labels": torch.zeros(n, dtype=torch.long),
+            "scores": torch.from_numpy(rng.random(n)).float(), "masks": torch.from_numpy(p)}
+    return pred, gt
+
+
+def dense_map(thresholds, scenes):
+    metric = build_metric(MetricConfig(name="m", metric_class="MeanAveragePrecision",
+                                       params={"box_format": "xyxy", "iou_type": "segm",
+                                               "max_detection_thresholds": thresholds}), {})
+    for pred, gt in scenes:
+        metric.update([pred], [gt])
+    return metric.compute()
+
+
+def test_map_at_more_than_100_detections():
+    """Dense scenes: COCO mAP over up to 300 detections per image. pycocotools' summary hard-codes maxDets=100 for
+    AP@[.5:.95] (it would read -1 with [1, 10, 300]); ours scores it at the last threshold like every other AP line.
+    With at most 100 detections per image the 300 cap changes nothing, so it equals COCOeval's standard mAP."""
+    rng = np.random.default_rng(0)
+    sparse = [_dense_scene(rng, 90) for _ in range(2)]
+    standard = dense_map([1, 10, 100], sparse)
+    wide = dense_map([1, 10, 300], sparse)
+    assert 0 < standard["map"].item() < 1
+    assert wide["map"].item() == pytest.approx(standard["map"].item(), abs=1e-6)
+    assert wide["map_50"].item() == pytest.approx(standard["map_50"].item(), abs=1e-6)
+    assert "mar_300" in wide
+    dense = [_dense_scene(rng, 250) for _ in range(2)]
+    capped, full = dense_map([1, 10, 100], dense), dense_map([1, 10, 300], dense)
+    assert full["map"].item() > capped["map"].item() + 0.1  # 100 of 250 objects cannot be found
+    assert full["map_50"].item() > capped["map_50"].item() + 0.1
+    assert capped["mar_100"].item() < 0.5 * full["mar_300"].item()  # recall capped at 100 of 250
+
+
+def test_instance_metrics_count_as_many_detections_as_the_model_keeps():
+    model = InstanceSegmentor(TINY, num_classes=2, fpn_channels=32, head_num_convs=1, max_detections_per_image=400,
+                              metrics=[MetricConfig(name="mask_map", metric_class="MeanAveragePrecision",
+                                                    params={"box_format": "xyxy", "iou_type": "segm"})])
+    assert model.metric_manager.metrics["val__mask_map"].max_detection_thresholds == [1, 10, 400]
+
+
 def test_map_metric_names_logged():
     model = InstanceSegmentor(TINY, num_classes=2, fpn_channels=32, head_num_convs=1, metrics=[
         MetricConfig(name="mask_map", metric_class="MeanAveragePrecision",

@@ -93,6 +93,40 @@ def coco_thresholds() -> dict[str, list[float]]:
             "rec_thresholds": np.linspace(0.0, 1.0, 101).tolist()}
 
 
+def _last_max_dets_summary(base: type) -> type:
+    """A subclass of a COCOeval class whose summary scores ``AP@[.5:.95]`` (``stats[0]``) at the last of
+    ``params.maxDets``, as every other AP line of ``summarize()`` already does. pycocotools hard-codes 100 for that
+    one line, so with ``maxDets=[1, 10, 300]`` it finds no such column and returns -1 (cocoapi #584, torchmetrics
+    #2560). With the default ``[1, 10, 100]`` the result is identical."""
+
+    def summarize(self):
+        base.summarize(self)
+        if self.params.iouType in ("bbox", "segm"):
+            p = self.params
+            prec = self.eval["precision"][:, :, :, p.areaRngLbl.index("all"), len(p.maxDets) - 1]
+            valid = prec[prec > -1]
+            self.stats[0] = float(np.mean(valid)) if valid.size else -1.0
+
+    return type(f"LastMaxDets{base.__name__}", (base,), {"summarize": summarize})
+
+
+class _LastMaxDetsBackend:
+    """torchmetrics' ``CocoBackend`` with :func:`_last_max_dets_summary`'s COCOeval (everything else delegated)."""
+
+    def __init__(self, inner):
+        self._inner = inner
+        self._cls = None
+
+    @property
+    def cocoeval(self):
+        if self._cls is None:
+            self._cls = _last_max_dets_summary(self._inner.cocoeval)
+        return self._cls
+
+    def __getattr__(self, name):
+        return getattr(self._inner, name)
+
+
 def build_metric(cfg: MetricConfig, defaults: dict[str, Any]):
     cls = resolve_metric_class(cfg.metric_class)
     params = dict(cfg.params)
@@ -104,9 +138,12 @@ def build_metric(cfg: MetricConfig, defaults: dict[str, Any]):
         if key in accepted and key not in params and value is not None:
             params[key] = value
     try:
-        return cls(**params)
+        metric = cls(**params)
     except (TypeError, ValueError) as e:
         raise ValueError(f"MetricConfig({cfg.name!r}): cannot build {cfg.metric_class}({params}): {e}") from e
+    if cls.__name__ == "MeanAveragePrecision" and hasattr(metric, "_coco_backend"):
+        metric._coco_backend = _LastMaxDetsBackend(metric._coco_backend)  # mAP at the last maxDets (dense scenes)
+    return metric
 
 
 class MetricManager(nn.Module):
