@@ -52,7 +52,7 @@ def is_mask_head(option: str) -> bool:
 # options that belong to the instance model are composed with model=instance
 INSTANCE_OPTIONS = {("head", o) for o in options("head") if is_mask_head(o)} | {
     ("loss", "instance"), ("dataset", "shapes_instance"), ("model", "instance"), ("experiment", "instance_shapes"),
-    ("experiment", "recipe/shapes_instance"),
+    ("experiment", "recipe/shapes_instance"), ("dataset", "shapes_dense"), ("experiment", "instance_dense"),
     ("experiment", "ablate_mask_size"), ("hparams_search", "optuna_instance")}
 
 

@@ -90,6 +90,50 @@ def test_postprocess_nms_per_class_and_top_k_per_image():
     assert torch.allclose(boxes[0], torch.tensor([0.0, 0.0, 16.0, 16.0]))
 
 
+def test_postprocess_keeps_up_to_1000_detections_on_a_dense_grid():
+    """A 40x40 grid of disjoint 6 px boxes (1600 candidates, 2 images): NMS removes none, the per-image cap keeps the
+    best 1000 of the best pre_nms_top_k, in score order; too small a pre-NMS top-k is an error, not a silent cap."""
+    ys, xs = torch.meshgrid(torch.arange(40.0), torch.arange(40.0), indexing="ij")
+    points = torch.stack([xs.flatten() * 8 + 4, ys.flatten() * 8 + 4], 1)  # 1600 points, 8 px apart
+    strides = torch.full((1600,), 8.0)
+    reg = torch.full((2, 1600, 4), 3.0 / 8)  # 6x6 boxes (reg is in strides): never overlapping
+    cls = torch.linspace(-3, 3, 1600).repeat(2, 1)[..., None]
+    ctr = torch.full((2, 1600), 10.0)
+    img, boxes, scores, labels = postprocess(cls, reg, ctr, points, strides, (320, 320), score_thresh=0.0,
+                                             nms_thresh=0.5, max_detections=1000, pre_nms_top_k=1200)
+    assert torch.bincount(img).tolist() == [1000, 1000]
+    assert torch.equal(scores[:1000], torch.sort(scores[:1000], descending=True).values)
+    assert torch.allclose(boxes[0], torch.tensor([313.0, 313.0, 319.0, 319.0]))  # the best: the last point (316)
+    with pytest.raises(ValueError, match="pre_nms_top_k"):
+        InstanceSegmentor(TINY, num_classes=2, fpn_channels=32, head_num_convs=1, max_detections_per_image=1000,
+                          pre_nms_top_k=500)
+
+
+def test_dense_shapes_generator(tmp_path):
+    """dataset=shapes_dense: 150-400 small shapes per image; every visible instance is one COCO annotation whose RLE
+    decodes to its pixels; fragments under 16 px are iscrowd; instances never share a pixel."""
+    from autotimm.data.shapes import MIN_VISIBLE, generate_shapes, render_scene
+
+    rng = np.random.default_rng(0)
+    img, mask, instances = render_scene(rng, 256, max_shapes=400, min_shapes=150, radius=(0.012, 0.03))
+    assert 150 * 0.5 < len(instances) <= 400 and img.shape == (256, 256, 3)
+    stack = np.stack([m for _, m, _ in instances])
+    assert stack.sum(0).max() == 1  # visible parts are disjoint
+    assert all(crowd == (m.sum() < MIN_VISIBLE) for _, m, crowd in instances)
+    areas = np.array([m.sum() for _, m, crowd in instances if not crowd])
+    assert areas.max() < 250 and np.median(areas) < 100  # small: 6-15 px across
+    root = generate_shapes(tmp_path / "dense", num_train=2, num_val=1, image_size=256, max_shapes=400,
+                           min_shapes=150, radius=(0.012, 0.03))
+    coco = json.loads((root / "annotations" / "instances_train.json").read_text())
+    per_image = np.bincount([a["image_id"] for a in coco["annotations"]])[1:]
+    assert len(per_image) == 2 and per_image.min() > 75
+    ann = coco["annotations"][0]
+    decoded = mask_utils.decode({**ann["segmentation"], "counts": ann["segmentation"]["counts"].encode()})
+    assert decoded.sum() == ann["area"]
+    with pytest.raises(ValueError, match="min_shapes"):
+        generate_shapes(tmp_path / "bad", num_train=1, num_val=1, min_shapes=5, max_shapes=4)
+
+
 def test_postprocess_nms_never_crosses_images_or_classes():
     """Identical boxes survive NMS when they belong to different images or classes; within one image and class the
     lower-scored duplicate goes. (Per-image NMS uses image-size offsets; the offset boxes must never overlap.)"""

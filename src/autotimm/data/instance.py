@@ -274,12 +274,16 @@ class InstanceSegmentationDataModule(ModelPreprocess, pl.LightningDataModule):
 
 
 class ShapesInstanceDataModule(InstanceSegmentationDataModule):
-    """The generated shapes in COCO layout (``<root>/<split>/images`` + ``annotations/instances_<split>.json``)."""
+    """The generated shapes in COCO layout (``<root>/<split>/images`` + ``annotations/instances_<split>.json``).
+    ``min_shapes``, ``max_shapes`` and ``radius`` (fractions of ``source_size``) make the scenes dense
+    (``dataset=shapes_dense``: 150-400 small shapes per 256 px image; ``autotimm.data.shapes.generate_shapes``)."""
 
     def __init__(self, data_dir: str | Path, num_train: int = 800, num_val: int = 160, source_size: int = 128,
-                 seed: int = 0, image_size: int = 128, **kwargs):
+                 seed: int = 0, image_size: int = 128, min_shapes: int = 1, max_shapes: int = 4,
+                 radius: tuple[float, float] | list[float] = (0.08, 0.2), **kwargs):
         super().__init__(data_dir=data_dir, image_size=image_size, **kwargs)
-        self.gen_kwargs = dict(num_train=num_train, num_val=num_val, image_size=source_size, seed=seed)
+        self.gen_kwargs = dict(num_train=num_train, num_val=num_val, image_size=source_size, seed=seed,
+                               min_shapes=min_shapes, max_shapes=max_shapes, radius=tuple(radius))
 
     def prepare_data(self):
         from .shapes import generate_shapes

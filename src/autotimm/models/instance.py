@@ -25,18 +25,23 @@ class InstanceModel(nn.Module):
         center_radius: FCOS centre sampling radius, in strides.
         category_ids: label -> dataset category id, added to predictions as ``category_ids`` when known.
         channels_last: run convolutions in channels-last memory format.
+        pre_nms_top_k: candidates per image kept (by score) before NMS; at least ``max_detections_per_image``.
     """
 
     def __init__(self, backbone: nn.Module, fpn: nn.Module, head: nn.Module, mask_head: nn.Module,
                  criterion: nn.Module, num_classes: int, score_thresh: float = 0.05, nms_thresh: float = 0.5,
                  max_detections_per_image: int = 100, mask_threshold: float = 0.5, center_radius: float = 1.5,
-                 category_ids: list[int] | None = None, channels_last: bool = False):
+                 category_ids: list[int] | None = None, channels_last: bool = False, pre_nms_top_k: int = 1000):
         super().__init__()
         self.backbone, self.fpn, self.head, self.mask_head, self.criterion = backbone, fpn, head, mask_head, criterion
         self.num_classes = num_classes
         self.score_thresh, self.nms_thresh = float(score_thresh), float(nms_thresh)
         self.max_detections, self.mask_threshold = int(max_detections_per_image), float(mask_threshold)
         self.center_radius = center_radius
+        self.pre_nms_top_k = int(pre_nms_top_k)
+        if self.pre_nms_top_k < self.max_detections:
+            raise ValueError(f"pre_nms_top_k ({pre_nms_top_k}) must be >= max_detections_per_image "
+                             f"({max_detections_per_image}): NMS could never keep that many")
         self.category_ids = list(category_ids) if category_ids else None
         self.channels_last = channels_last
         self._points_cache: dict = {}
@@ -112,7 +117,7 @@ class InstanceModel(nn.Module):
         scores [D], labels [D] and own-class mask probabilities [D, M, M]. No Python control flow on data."""
         img, boxes, scores, labels = postprocess(out["cls"], out["reg"], out["ctr"], out["points"], out["strides"],
                                                  out["image_size"], self.score_thresh, self.nms_thresh,
-                                                 self.max_detections)
+                                                 self.max_detections, getattr(self, "pre_nms_top_k", 1000))
         probs = self.mask_head.mask_probs(out["mask_features"], img, boxes, labels)
         return img, boxes, scores, labels, probs
 

@@ -27,8 +27,10 @@ class InstanceSegmentor(BaseTask):
     head_num_convs, mask_size, roi_pool_size, mask_loss_weight, focal_alpha, focal_gamma, cls_loss_weight,
     reg_loss_weight, centerness_loss_weight, score_thresh, nms_thresh, max_detections_per_image, mask_threshold,
     metrics, logging_config, lr, weight_decay, optimizer, scheduler, freeze_backbone, compile_model, compile_kwargs;
-    plus ``center_radius`` (FCOS centre sampling), ``category_ids`` (label -> dataset category id, filled from the
-    datamodule at fit time), ``channels_last`` and ``preprocess`` (as in ``SemanticSegmentor``), and factories
+    plus ``center_radius`` (FCOS centre sampling), ``pre_nms_top_k`` (candidates per image before NMS, >=
+    ``max_detections_per_image``; dense scenes: ``experiment=instance_dense``), ``category_ids`` (label ->
+    dataset category id, filled from the datamodule at fit time), ``channels_last`` and ``preprocess`` (as in
+    ``SemanticSegmentor``), and factories
     (a class, a ``functools.partial`` or a ``{"_target_": ...}`` dict, as ``SemanticSegmentor``'s ``head=``):
 
     - ``head``: the FCOS head, called with ``in_channels``, ``num_classes``, ``num_convs``, ``num_levels``
@@ -84,6 +86,7 @@ class InstanceSegmentor(BaseTask):
         loss: Factory | dict | None = None,
         model: nn.Module | None = None,
         init_from: str | None = None,
+        pre_nms_top_k: int = 1000,
     ):
         super().__init__()
         if not isinstance(num_classes, int) or num_classes < 1:
@@ -116,7 +119,7 @@ class InstanceSegmentor(BaseTask):
                 build_component(mask_head, "mask_head", in_channels=fpn_channels, num_classes=num_classes,
                                 featmap_names=fpn.names[:3], featmap_strides=fpn.strides[:3]),
                 build_component(loss, "loss"), num_classes, score_thresh, nms_thresh, max_detections_per_image,
-                mask_threshold, center_radius, category_ids, channels_last is True)
+                mask_threshold, center_radius, category_ids, channels_last is True, pre_nms_top_k)
         preprocess = resolve_preprocess(model.backbone, preprocess)
         backbone = {**backbone_cfg.to_dict(), "pretrained": False}
         metrics = self._metrics_as_data(metrics)
