@@ -23,15 +23,18 @@ from _machine import header, matmul_rate
 from torch.utils.flop_counter import FlopCounterMode
 
 
-def synthetic_batch(batch: int, size: int, per_image: int = 3, num_classes: int = 4, seed: int = 0):
+def synthetic_batch(batch: int, size: int, per_image: int = 3, num_classes: int = 4, seed: int = 0,
+                    extent: tuple[float, float] = (1 / 8, 1 / 3)):
+    """Random ellipses and rectangles, ``per_image`` per image, sides between ``extent`` fractions of ``size``."""
     rng = np.random.default_rng(seed)
+    lo, hi = max(2, int(size * extent[0])), max(3, int(size * extent[1]))
     images = torch.randn(batch, 3, size, size)
     boxes, labels, masks = [], [], []
     yy, xx = np.mgrid[:size, :size]
     for _ in range(batch):
         b, lab, m = [], [], []
         for _ in range(per_image):
-            w, h = rng.integers(size // 8, size // 3, 2)
+            w, h = rng.integers(lo, hi, 2)
             x, y = rng.integers(0, size - w), rng.integers(0, size - h)
             mk = ((xx - x - w / 2) / (w / 2)) ** 2 + ((yy - y - h / 2) / (h / 2)) ** 2 <= 1 if rng.random() < 0.5 \
                 else (xx >= x) & (xx < x + w) & (yy >= y) & (yy < y + h)
@@ -269,6 +272,37 @@ def bench_mask_heads(args):
             print(f"| autotimm {name} | {time_steps(ours, args.steps) / k * 1000:.3f} |")
 
 
+def bench_dense(args):
+    """experiment=instance_dense's model (fpn 128, 2 tower convs, mask head 4 x 128) at 384 px: training with 300
+    small instances per image (6-23 px), and predict with 300 and 1000 detections per image (score threshold 0, so
+    the count is exact)."""
+    from autotimm import FeatureBackboneConfig, InstanceSegmentor
+
+    size, kw = 384, {"fpn_channels": 128, "head_num_convs": 2,
+                     "mask_head": {"_target_": "autotimm.heads.MaskHead", "conv_channels": 128}}
+    images, boxes, labels, masks = synthetic_batch(4, size, per_image=300, extent=(6 / size, 23 / size))
+    targets = [{"boxes": b, "labels": lab, "masks": m, "iscrowd": torch.zeros(len(b), dtype=torch.bool)}
+               for b, lab, m in zip(boxes, labels, masks)]
+    model = InstanceSegmentor(FeatureBackboneConfig("resnet18", pretrained=False), num_classes=4,
+                              max_detections_per_image=500, pre_nms_top_k=2000, **kw)
+    model.log = lambda *a, **k: None
+    opt = model.configure_optimizers()["optimizer"]
+    step = make_step(lambda: model.training_step({"image": images, "targets": targets}, 0), opt)
+    sec = time_steps(step, max(2, args.steps // 3), warmup=1, trials=2)
+    print(f"dense scenes ({size}x{size}, 300 instances per image, batch 4), fp32:\n")
+    print("| what | value |")
+    print("|---|---:|")
+    print(f"| train img/s | {4 / sec:.2f} |")
+    x = torch.randn(1, 3, size, size)
+    for n in (300, 1000):
+        model = InstanceSegmentor(FeatureBackboneConfig("resnet18", pretrained=False), num_classes=4,
+                                  score_thresh=0.0, nms_thresh=1.0, max_detections_per_image=n,
+                                  pre_nms_top_k=max(2000, n), **kw).eval()
+        assert len(model.predict(x)[0]["boxes"]) == n
+        t = time_steps(lambda model=model: model.predict(x), max(3, args.steps // 2), warmup=1)
+        print(f"| predict ms / image, {n} detections (masks pasted at {size}x{size}) | {t * 1000:.0f} |")
+
+
 def main():
     p = argparse.ArgumentParser()
     p.add_argument("--public", action="store_true", help="benchmark the installed public autotimm instead")
@@ -276,6 +310,7 @@ def main():
     p.add_argument("--batch", type=int, default=8)
     p.add_argument("--size", type=int, default=128)
     p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--dense", action="store_true", help="only the dense-scene table (experiment=instance_dense)")
     args = p.parse_args()
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
@@ -283,7 +318,9 @@ def main():
     print(header("fp32 unless a row says bf16", args.threads, rate))
     print(f"resnet18, {args.size}x{args.size}, batch {args.batch}\n")
     args.rate = rate
-    if args.public:
+    if args.dense:
+        bench_dense(args)
+    elif args.public:
         print("| model | precision | train img/s |")
         print("|---|---|---:|")
         bench_public(args)
