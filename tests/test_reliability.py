@@ -329,11 +329,15 @@ def test_invalid_configuration_lists_the_valid_values(make, match):
 def test_image_size_not_usable_by_the_backbone():
     from autotimm.cli.common import check_image_size
 
-    model = SemanticSegmentor(TINY, num_classes=2)
+    model = SemanticSegmentor(TINY, num_classes=2, head_type="fcn")  # native stride 32
     with pytest.raises(ValueError, match=r"dataset.image_size=16 is smaller than backbone test_resnet's output "
                                          r"stride 32; use at least 32"):
         check_image_size(model, 16)
     check_image_size(model, 64)  # fine
+    dilated = SemanticSegmentor(TINY, num_classes=2)  # DeepLabV3+: output stride 16 (auto)
+    check_image_size(dilated, 16)
+    with pytest.raises(ValueError, match=r"stride 16; use at least 16"):
+        check_image_size(dilated, 8)
     maxvit = SemanticSegmentor(FeatureBackboneConfig("test_maxvit", pretrained=False, img_size=160), num_classes=2)
     with pytest.raises(ValueError, match=r"dataset.image_size=128 is not usable by backbone test_maxvit: .*window"):
         check_image_size(maxvit, 128)
