@@ -411,6 +411,23 @@ def test_map_at_more_than_100_detections():
     assert capped["mar_100"].item() < 0.5 * full["mar_300"].item()  # recall capped at 100 of 250
 
 
+def test_map_metric_survives_copy_and_pickle():
+    """torchmetrics' clone() deep-copies and DDP pickles metrics: the summary fix must travel with them."""
+    import copy
+    import pickle
+
+    rng = np.random.default_rng(0)
+    scenes = [_dense_scene(rng, 150)]
+    metric = build_metric(MetricConfig(name="m", metric_class="MeanAveragePrecision",
+                                       params={"box_format": "xyxy", "iou_type": "segm",
+                                               "max_detection_thresholds": [1, 10, 300]}), {})
+    want = dense_map([1, 10, 300], scenes)["map"].item()
+    for other in (copy.deepcopy(metric), pickle.loads(pickle.dumps(metric)), metric.clone()):
+        for pred, gt in scenes:
+            other.update([pred], [gt])
+        assert other.compute()["map"].item() == pytest.approx(want, abs=1e-9) and want > 0
+
+
 def test_instance_metrics_count_as_many_detections_as_the_model_keeps():
     model = InstanceSegmentor(TINY, num_classes=2, fpn_channels=32, head_num_convs=1, max_detections_per_image=400,
                               metrics=[MetricConfig(name="mask_map", metric_class="MeanAveragePrecision",

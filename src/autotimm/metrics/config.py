@@ -124,7 +124,15 @@ class _LastMaxDetsBackend:
         return self._cls
 
     def __getattr__(self, name):
+        if name.startswith("__") or name in ("_inner", "_cls"):  # copy/pickle probe a bare instance: no recursion
+            raise AttributeError(name)
         return getattr(self._inner, name)
+
+    def __getstate__(self):
+        return {"_inner": self._inner, "_cls": None}  # the generated class is rebuilt on demand, not pickled
+
+    def __setstate__(self, state):
+        self.__dict__.update(state)
 
 
 def build_metric(cfg: MetricConfig, defaults: dict[str, Any]):
