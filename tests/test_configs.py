@@ -8,7 +8,7 @@ from hydra import compose, initialize_config_dir
 from hydra.core.global_hydra import GlobalHydra
 from hydra.core.hydra_config import HydraConfig
 from hydra.utils import instantiate
-from omegaconf import open_dict
+from omegaconf import OmegaConf, open_dict
 
 import autotimm
 from autotimm.cli.common import instantiate_group
@@ -163,6 +163,28 @@ def test_instance_overrides(tmp_path):
     assert cfg.optimized_metric == "val/mask_map_50"
 
 
+def _stage_channels(cfg) -> list[int]:
+    cfg.backbone.pretrained = False
+    return [int(c) for c in instantiate(cfg.model).backbone.channels]
+
+
+def test_shapes_recipes_narrow_resnet18_only(tmp_path):
+    """The generated-shapes recipes run ResNet-18 at half width (recipe.backbone_kwargs, read by
+    conf/backbone/resnet18.yaml); other backbones, real datasets and the heads ablation keep full width."""
+    half = {"channels": [32, 64, 128, 256]}
+    cfg = compose_cfg(tmp_path, [])
+    assert OmegaConf.to_container(cfg.backbone, resolve=True)["extra_kwargs"] == half
+    assert _stage_channels(cfg) == [64, 32, 64, 128, 256]
+    cfg = compose_cfg(tmp_path, ["experiment=instance_shapes"])
+    assert _stage_channels(cfg) == [64, 32, 64, 128, 256] and cfg.head.conv_channels == 64
+    for overrides in (["dataset=camvid"], ["experiment=camvid"], ["experiment=ablate_heads"]):
+        cfg = compose_cfg(tmp_path, overrides)
+        assert _stage_channels(cfg) == [64, 64, 128, 256, 512], overrides
+    cfg = compose_cfg(tmp_path, ["backbone=test_resnet"])  # another backbone: its own width, no extra arguments
+    assert "extra_kwargs" not in cfg.backbone and cfg.backbone.pretrained is False
+    assert compose_cfg(tmp_path, ["experiment=ablate_heads"]).dataset.image_size == 96
+
+
 def test_recipes_live_in_experiment_and_follow_the_dataset(tmp_path):
     """One concept per file: dataset configs hold data only; a dataset's recipe is experiment/recipe/<dataset>.yaml,
     which the defaults select with it; an explicit experiment replaces it; real datasets keep the configs' defaults
@@ -172,9 +194,10 @@ def test_recipes_live_in_experiment_and_follow_the_dataset(tmp_path):
     for f in (CONF / "dataset").glob("*.yaml"):
         assert not {"model", "trainer", "backbone"} & set(OmegaConf.load(f)), f"{f.name} sets more than data"
     cfg = compose_cfg(tmp_path, [])
-    assert (cfg.model.lr, cfg.trainer.max_epochs, cfg.backbone.pretrained) == (3e-3, 20, False)
+    assert (cfg.model.lr, cfg.trainer.max_epochs, cfg.backbone.pretrained) == (6e-3, 16, False)
+    assert (cfg.dataset.image_size, cfg.dataset.batch_size, cfg.trainer.check_val_every_n_epoch) == (64, 16, 2)
     cfg = compose_cfg(tmp_path, ["model=instance"])
-    assert (cfg.model.lr, cfg.trainer.check_val_every_n_epoch, cfg.backbone.pretrained) == (1e-3, 2, False)
+    assert (cfg.model.lr, cfg.trainer.check_val_every_n_epoch, cfg.backbone.pretrained) == (1e-3, 10, False)
     cfg = compose_cfg(tmp_path, ["experiment=ablate_mask_size"])
     assert cfg.model.lr == 1e-3 and cfg.task_name == "ablate_mask_size" and cfg.dataset.num_classes == 4
     cfg = compose_cfg(tmp_path, ["dataset=cityscapes"])

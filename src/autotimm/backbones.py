@@ -8,6 +8,7 @@ The contract (timm's ``feature_info``): a backbone returns a list of NCHW featur
 from __future__ import annotations
 
 import logging
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
@@ -36,7 +37,8 @@ class FeatureBackboneConfig:
         drop_rate: dropout inside the backbone.
         img_size: input size for models with a fixed input size (ViTs, MaxViT, CoAtNet); ViTs also get
             ``dynamic_img_size`` so any size works.
-        extra_kwargs: anything else for ``timm.create_model``.
+        extra_kwargs: anything else for ``timm.create_model`` (``None``: nothing), e.g. timm ResNet's own width
+            arguments ``{"channels": [32, 64, 128, 256]}`` for a half-width ResNet-18.
     """
 
     model_name: str
@@ -49,6 +51,12 @@ class FeatureBackboneConfig:
     extra_kwargs: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self):
+        if self.extra_kwargs is None:
+            self.extra_kwargs = {}
+        if not isinstance(self.extra_kwargs, Mapping):
+            raise ValueError(f"backbone.extra_kwargs: expected a mapping of timm.create_model arguments or null, "
+                             f"got {self.extra_kwargs!r}")
+        self.extra_kwargs = dict(self.extra_kwargs)
         os_ = self.output_stride
         if not (os_ is None or os_ == "auto" or (isinstance(os_, int) and not isinstance(os_, bool) and os_ > 0)):
             raise ValueError(f"backbone.output_stride: expected a positive integer (8, 16, 32), 'auto' or null, "
