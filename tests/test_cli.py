@@ -88,7 +88,8 @@ def test_ddp_two_cpu_processes_log_metrics_once(tmp_path, shapes_root):
     proc = run("train.py", "trainer=ddp", "trainer.accelerator=cpu", "trainer.devices=2",
                f"paths.log_dir={tmp_path}/outputs", f"dataset.data_dir={shapes_root}", "dataset.num_train=24",
                "dataset.num_val=8", "dataset.source_size=64", "dataset.seed=3", "dataset.image_size=64",
-               "dataset.batch_size=4", "dataset.num_workers=0", "backbone=test_resnet", "trainer.max_epochs=2")
+               "dataset.batch_size=4", "dataset.num_workers=0", "backbone=test_resnet", "trainer.max_epochs=2",
+               "trainer.check_val_every_n_epoch=1")
     assert "GLOBAL_RANK: 1, MEMBER: 2/2" in proc.stdout + proc.stderr  # two processes (gloo)
     out = next((tmp_path / "outputs" / "train" / "runs").iterdir())
     metrics = json.loads((out / "metrics.json").read_text())

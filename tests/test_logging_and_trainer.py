@@ -64,3 +64,38 @@ def test_epoch_summary_line(caplog):
         cb.on_validation_end(T(), None)
     assert "epoch 2 | step 30" in caplog.text and "val/loss 0.2500 | val/miou 0.5000" in caplog.text
     assert "loss_step" not in caplog.text
+
+
+def test_last_epoch_always_validates(tmp_path):
+    """Validation every 2 epochs over 3 (or 1) epochs: Lightning validates after epoch 2 only (or never);
+    AutoTrainer also after the last one."""
+    import pytorch_lightning as pl
+
+    from autotimm import AutoTrainer
+
+    class Tiny(pl.LightningModule):
+        def __init__(self):
+            super().__init__()
+            self.w = torch.nn.Linear(2, 1)
+            self.val_epochs = []
+
+        def training_step(self, batch, i):
+            return self.w(batch[0]).pow(2).mean()
+
+        def validation_step(self, batch, i):
+            self.log("val/loss", self.w(batch[0]).pow(2).mean())
+
+        def on_validation_epoch_end(self):
+            self.val_epochs.append(self.current_epoch)
+
+        def configure_optimizers(self):
+            return torch.optim.SGD(self.parameters(), lr=0.1)
+
+    loader = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(torch.randn(4, 2)), batch_size=2)
+    for epochs, want in ((3, [1, 2]), (1, [0]), (4, [1, 3])):
+        model = Tiny()
+        trainer = AutoTrainer(max_epochs=epochs, check_val_every_n_epoch=2, default_root_dir=str(tmp_path),
+                              accelerator="cpu", logger=False, enable_progress_bar=False, num_sanity_val_steps=0)
+        trainer.fit(model, loader, loader)
+        assert model.val_epochs == want, epochs
+        assert trainer.check_val_every_n_epoch == 2

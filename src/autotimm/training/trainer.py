@@ -51,6 +51,9 @@ class AutoTrainer(pl.Trainer):
     - ``WandbImagePanels`` (with a ``WandbLogger``, also when ``default_callbacks=False``): validation images with
       prediction / ground-truth overlays.
 
+    Validation always runs after the last epoch (``max_epochs``), also when ``check_val_every_n_epoch`` does not
+    divide it (Lightning would skip it: a 1-epoch run with validation every 2 would end without metrics).
+
     ``default_callbacks=False`` adds none of the first three: the Hydra configs declare them in
     ``conf/callbacks/default.yaml`` instead, so each is declared once. The learning rate is logged by the task
     (``train/lr``, ``LoggingConfig.log_learning_rate``), not by a second logger.
@@ -105,6 +108,26 @@ class AutoTrainer(pl.Trainer):
         else:
             log.info("precision: %s (as configured; CPU capability %s)", trainer_kwargs.get("precision", "32-true"),
                      torch.backends.cpu.get_cpu_capability())
+        callbacks.append(ValidateLastEpoch())
         self.checkpoint_monitor = checkpoint_monitor
         self.checkpoint_mode = checkpoint_mode
         super().__init__(callbacks=callbacks, **trainer_kwargs)
+
+
+class ValidateLastEpoch(pl.Callback):
+    """Makes the last epoch (``max_epochs``) a validation epoch whatever ``check_val_every_n_epoch`` is, so a run
+    always ends with metrics and a checkpoint chosen on them. Lightning reads ``check_val_every_n_epoch`` when an epoch
+    ends, so setting it to 1 for the last one is enough; it is restored when training ends."""
+
+    def __init__(self):
+        self._every = None
+
+    def on_train_epoch_start(self, trainer, pl_module):
+        every, last = trainer.check_val_every_n_epoch, trainer.max_epochs
+        if every and every > 1 and last and last > 0 and trainer.current_epoch == last - 1 and last % every:
+            self._every = every
+            trainer.check_val_every_n_epoch = 1
+
+    def on_train_end(self, trainer, pl_module):
+        if self._every is not None:
+            trainer.check_val_every_n_epoch, self._every = self._every, None
