@@ -71,6 +71,59 @@ def test_mask_loss_uses_the_label_channel():
     assert MaskLoss()(torch.zeros(0, 3, 2, 2), torch.zeros(0, 2, 2), torch.zeros(0, dtype=torch.long)).item() == 0
 
 
+def _square_targets(counts, size=64):
+    """One target per image with ``counts[i]`` square instances (label = instance number % 3, box = its mask)."""
+    targets = []
+    for n in counts:
+        boxes = torch.tensor([[2.0 + 5 * j % 50, 3.0 + 7 * j % 40, 12.0 + 5 * j % 50, 17.0 + 7 * j % 40]
+                              for j in range(n)]).reshape(-1, 4)
+        masks = torch.zeros(n, size, size, dtype=torch.uint8)
+        for j, (x1, y1, x2, y2) in enumerate(boxes.int().tolist()):
+            masks[j, y1:y2, x1:x2] = 1
+        targets.append({"boxes": boxes, "labels": torch.arange(n) % 3, "masks": masks,
+                        "iscrowd": torch.zeros(n, dtype=torch.bool)})
+    return targets
+
+
+def test_mask_rois_per_image_samples_within_each_image():
+    model = InstanceSegmentor(TINY, num_classes=3, fpn_channels=32, head_num_convs=1, mask_rois_per_image=2).model
+    image_index = torch.tensor([0, 0, 0, 0, 0, 1, 2, 2, 2])
+    seen = set()
+    for seed in range(40):
+        torch.manual_seed(seed)
+        keep = model.sample_mask_rois(image_index, 4)
+        assert keep.tolist() == sorted(set(keep.tolist()))  # ascending, no repeats
+        assert torch.bincount(image_index[keep], minlength=4).tolist() == [2, 1, 2, 0]
+        seen.update(keep.tolist())
+    assert seen == set(range(9))  # every instance gets drawn
+    assert model.sample_mask_rois(torch.tensor([0, 0, 1, 1]), 2) is None  # nothing over the cap: all kept
+    model.mask_rois_per_image = None
+    assert model.sample_mask_rois(image_index, 4) is None
+    with pytest.raises(ValueError, match="mask_rois_per_image"):
+        InstanceSegmentor(TINY, num_classes=3, fpn_channels=32, head_num_convs=1, mask_rois_per_image=0)
+
+
+def test_mask_loss_on_sampled_rois_equals_the_loss_on_those_instances():
+    torch.manual_seed(0)
+    model = InstanceSegmentor(TINY, num_classes=3, fpn_channels=32, head_num_convs=1, mask_rois_per_image=3).model
+    targets = _square_targets([6, 2, 4])
+    out = model.features(torch.randn(3, 3, 64, 64))
+    torch.manual_seed(5)
+    logits, mask_t, labels = model._mask_inputs(out["mask_features"], targets)
+    torch.manual_seed(5)
+    keep = model.sample_mask_rois(torch.tensor([0] * 6 + [1] * 2 + [2] * 4), 3)
+    assert len(keep) == 3 + 2 + 3 and len(logits) == len(keep)
+    # the same instances, given as the only targets, to a model that keeps every ROI
+    starts, kept = [0, 6, 8], []
+    for i, t in enumerate(targets):
+        sel = [k - starts[i] for k in keep.tolist() if starts[i] <= k < starts[i] + len(t["boxes"])]
+        kept.append({key: v[sel] for key, v in t.items()})
+    model.mask_rois_per_image = None
+    want_logits, want_t, want_labels = model._mask_inputs(out["mask_features"], kept)
+    assert torch.equal(labels, want_labels) and torch.equal(mask_t, want_t)
+    assert torch.allclose(logits, want_logits, atol=1e-6)
+
+
 # ------------------------------------------------------------------------------------------------ inference
 def test_postprocess_nms_per_class_and_top_k_per_image():
     points = torch.tensor([[8.0, 8.0], [9.0, 8.0], [40.0, 40.0]])

@@ -26,12 +26,16 @@ class InstanceModel(nn.Module):
         category_ids: label -> dataset category id, added to predictions as ``category_ids`` when known.
         channels_last: run convolutions in channels-last memory format.
         pre_nms_top_k: candidates per image kept (by score) before NMS; at least ``max_detections_per_image``.
+        mask_rois_per_image: instances per image the mask loss trains on, sampled at random when an image holds more
+            (``None``: all of them, the seed's behaviour). The per-ROI mask head's cost grows with the instance count,
+            so dense scenes (hundreds per image) cap it, as Mask R-CNN's mask branch only sees its sampled ROIs.
     """
 
     def __init__(self, backbone: nn.Module, fpn: nn.Module, head: nn.Module, mask_head: nn.Module,
                  criterion: nn.Module, num_classes: int, score_thresh: float = 0.05, nms_thresh: float = 0.5,
                  max_detections_per_image: int = 100, mask_threshold: float = 0.5, center_radius: float = 1.5,
-                 category_ids: list[int] | None = None, channels_last: bool = False, pre_nms_top_k: int = 1000):
+                 category_ids: list[int] | None = None, channels_last: bool = False, pre_nms_top_k: int = 1000,
+                 mask_rois_per_image: int | None = None):
         super().__init__()
         self.backbone, self.fpn, self.head, self.mask_head, self.criterion = backbone, fpn, head, mask_head, criterion
         self.num_classes = num_classes
@@ -42,6 +46,10 @@ class InstanceModel(nn.Module):
         if self.pre_nms_top_k < self.max_detections:
             raise ValueError(f"pre_nms_top_k ({pre_nms_top_k}) must be >= max_detections_per_image "
                              f"({max_detections_per_image}): NMS could never keep that many")
+        if mask_rois_per_image is not None and (isinstance(mask_rois_per_image, bool)
+                                                or not isinstance(mask_rois_per_image, int) or mask_rois_per_image < 1):
+            raise ValueError(f"mask_rois_per_image must be an integer >= 1 or None, got {mask_rois_per_image!r}")
+        self.mask_rois_per_image = mask_rois_per_image
         self.category_ids = list(category_ids) if category_ids else None
         self.channels_last = channels_last
         self._points_cache: dict = {}
@@ -85,30 +93,56 @@ class InstanceModel(nn.Module):
 
     def _mask_inputs(self, features, targets: list[dict]):
         """ROIs are the ground-truth boxes; mask targets are the ground-truth masks cropped and resized to them
-        (``roi_align`` of the binary masks, thresholded at 0.5), as in Mask R-CNN."""
-        rois = [t["boxes"].float() for t in targets]
-        n = sum(len(r) for r in rois)
+        (``roi_align`` of the binary masks, thresholded at 0.5), as in Mask R-CNN. With ``mask_rois_per_image``,
+        an image holding more instances trains the mask head on that many of them, drawn at random each step."""
+        ref = next(iter(features.values()))
+        counts = torch.tensor([len(t["boxes"]) for t in targets], device=ref.device)
+        n = int(counts.sum())
         m = self.mask_head.mask_size
         if n == 0:  # no instance: a zero that keeps every mask-head parameter in the graph (DDP needs them)
             zero = sum(p.sum() for p in self.mask_head.parameters()) * 0.0
-            ref = next(iter(features.values()))
             return zero.reshape(1, 1, 1, 1).expand(0, self.num_classes, m, m), ref.new_zeros(0, m, m), \
                 torch.zeros(0, dtype=torch.long, device=ref.device)
-        logits = self.mask_head(self.mask_head.pool(features, rois))
-        target, labels = self.mask_targets(targets, logits.device)
+        image_index = torch.repeat_interleave(torch.arange(len(targets), device=ref.device), counts)
+        keep = self.sample_mask_rois(image_index, len(targets))
+        boxes = torch.cat([t["boxes"] for t in targets]).to(ref.device).float()
+        if keep is not None:
+            image_index, boxes = image_index[keep], boxes[keep]
+        rois = torch.cat([image_index[:, None].to(boxes.dtype), boxes], 1)
+        logits = self.mask_head(self.mask_head.pool_rois(features, rois))
+        target, labels = self.mask_targets(targets, logits.device, keep)
         return logits, target, labels
 
-    def mask_targets(self, targets: list[dict], device=None) -> tuple[torch.Tensor, torch.Tensor]:
+    def sample_mask_rois(self, image_index: torch.Tensor, num_images: int) -> torch.Tensor | None:
+        """Indices (ascending, into the batch's instances) of at most ``mask_rois_per_image`` instances per image,
+        uniformly at random without replacement; ``None`` when every instance is kept. Vectorised: one sort of
+        ``image index + uniform key`` ranks the instances within their image."""
+        k = getattr(self, "mask_rois_per_image", None)  # models pickled before the option keep every ROI
+        if k is None:
+            return None
+        counts = torch.bincount(image_index, minlength=num_images)
+        if int(counts.max()) <= k:
+            return None
+        order = torch.argsort(image_index.double() + torch.rand(len(image_index), device=image_index.device,
+                                                                dtype=torch.float64))
+        starts = torch.cumsum(counts, 0) - counts
+        rank = torch.arange(len(order), device=order.device) - starts[image_index[order]]
+        return order[rank < k].sort().values
+
+    def mask_targets(self, targets: list[dict], device=None,
+                     keep: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """Each instance's mask cropped to its box and resized to ``mask_size`` (binary, [N, M, M]) and its label
-        [N], over the batch in order."""
+        [N], over the batch in order (only the instances ``keep`` indexes, when given)."""
         boxes = torch.cat([t["boxes"].float() for t in targets]).to(device)
         masks = torch.cat([t["masks"] for t in targets]).to(device)
+        labels = torch.cat([t["labels"] for t in targets]).to(device)
         if len(masks) != len(boxes):
             raise ValueError(f"targets hold {len(boxes)} boxes but {len(masks)} masks; each instance needs both")
+        if keep is not None:
+            boxes, masks, labels = boxes[keep], masks[keep], labels[keep]
         m = self.mask_head.mask_size
         idx = torch.arange(len(boxes), device=boxes.device, dtype=boxes.dtype)[:, None]
         target = roi_align(masks[:, None].float(), torch.cat([idx, boxes], 1), (m, m), 1.0, 0, aligned=True)[:, 0]
-        labels = torch.cat([t["labels"] for t in targets]).to(device)
         return (target >= 0.5).float(), labels
 
     # inference ---------------------------------------------------------------------------------------------------

@@ -28,7 +28,8 @@ class InstanceSegmentor(BaseTask):
     reg_loss_weight, centerness_loss_weight, score_thresh, nms_thresh, max_detections_per_image, mask_threshold,
     metrics, logging_config, lr, weight_decay, optimizer, scheduler, freeze_backbone, compile_model, compile_kwargs;
     plus ``center_radius`` (FCOS centre sampling), ``pre_nms_top_k`` (candidates per image before NMS, >=
-    ``max_detections_per_image``; dense scenes: ``experiment=instance_dense``), ``category_ids`` (label ->
+    ``max_detections_per_image``; dense scenes: ``experiment=instance_dense``), ``mask_rois_per_image`` (the
+    mask loss trains on at most that many instances per image, drawn at random; ``None``: all), ``category_ids`` (label ->
     dataset category id, filled from the datamodule at fit time), ``channels_last`` and ``preprocess`` (as in
     ``SemanticSegmentor``), and factories
     (a class, a ``functools.partial`` or a ``{"_target_": ...}`` dict, as ``SemanticSegmentor``'s ``head=``):
@@ -87,6 +88,7 @@ class InstanceSegmentor(BaseTask):
         model: nn.Module | None = None,
         init_from: str | None = None,
         pre_nms_top_k: int = 1000,
+        mask_rois_per_image: int | None = None,
     ):
         super().__init__()
         if not isinstance(num_classes, int) or num_classes < 1:
@@ -119,7 +121,8 @@ class InstanceSegmentor(BaseTask):
                 build_component(mask_head, "mask_head", in_channels=fpn_channels, num_classes=num_classes,
                                 featmap_names=fpn.names[:3], featmap_strides=fpn.strides[:3]),
                 build_component(loss, "loss"), num_classes, score_thresh, nms_thresh, max_detections_per_image,
-                mask_threshold, center_radius, category_ids, channels_last is True, pre_nms_top_k)
+                mask_threshold, center_radius, category_ids, channels_last is True, pre_nms_top_k,
+                mask_rois_per_image)
         preprocess = resolve_preprocess(model.backbone, preprocess)
         backbone = {**backbone_cfg.to_dict(), "pretrained": False}
         metrics = self._metrics_as_data(metrics)
