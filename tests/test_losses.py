@@ -10,6 +10,7 @@ from autotimm.losses import (
     CrossEntropySegmentationLoss,
     DiceLoss,
     FocalLossPixelwise,
+    OhemCrossEntropyLoss,
     TverskyLoss,
 )
 
@@ -39,6 +40,12 @@ FOCAL = (0.5**2 * math.log(2) + 0.75**2 * math.log(4)) / 2
     (FocalLossPixelwise(2, gamma=2.0), FOCAL),
     (CombinedSegmentationLoss(2, ce_weight=1.0, dice_weight=1.0), CE + DICE_S1),
     (CombinedSegmentationLoss(2, ce_weight=0.5, dice_weight=2.0), 0.5 * CE + 2.0 * DICE_S1),
+    # OHEM: true-class probabilities 0.5 (pixel 0) and 0.25 (pixel 1)
+    (OhemCrossEntropyLoss(2, thresh=0.7, min_kept=0), CE),            # both below 0.7
+    (OhemCrossEntropyLoss(2, thresh=0.3, min_kept=0), math.log(4)),   # only pixel 1 is hard
+    (OhemCrossEntropyLoss(2, thresh=0.3, min_kept=1), math.log(4)),   # 2nd smallest p = 0.5: threshold 0.5, p < 0.5
+    (OhemCrossEntropyLoss(2, thresh=0.3, min_kept=5), math.log(4)),   # capped at the valid count, as mmseg
+    (OhemCrossEntropyLoss(2, thresh=0.2, min_kept=0), 0.0),           # nothing hard: 0
 ])
 def test_hand_computed_values(loss, expected):
     logits, target = two_pixels()
@@ -46,7 +53,7 @@ def test_hand_computed_values(loss, expected):
 
 
 LOSSES = [CrossEntropySegmentationLoss(2), DiceLoss(2), TverskyLoss(2, alpha=0.3, beta=0.7),
-          FocalLossPixelwise(2), CombinedSegmentationLoss(2)]
+          FocalLossPixelwise(2), CombinedSegmentationLoss(2), OhemCrossEntropyLoss(2, thresh=0.9, min_kept=1)]
 
 
 @pytest.mark.parametrize("loss", LOSSES, ids=lambda m: type(m).__name__)

@@ -7,6 +7,7 @@ from .segmentation import (
     CrossEntropySegmentationLoss,
     DiceLoss,
     FocalLossPixelwise,
+    OhemCrossEntropyLoss,
     TverskyLoss,
 )
 
@@ -16,7 +17,9 @@ LOSSES = {  # semantic losses selectable by loss_type
     "focal": FocalLossPixelwise,
     "tversky": TverskyLoss,
     "combined": CombinedSegmentationLoss,
+    "ohem": OhemCrossEntropyLoss,
 }
 
 __all__ = ["LOSSES", "CombinedSegmentationLoss", "CrossEntropySegmentationLoss", "DiceLoss", "FCOSLoss",
-           "FocalLossPixelwise", "InstanceSegmentationLoss", "MaskLoss", "TverskyLoss"]
+           "FocalLossPixelwise", "InstanceSegmentationLoss", "MaskLoss", "OhemCrossEntropyLoss",
+           "TverskyLoss"]

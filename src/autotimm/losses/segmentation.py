@@ -56,6 +56,39 @@ class CrossEntropySegmentationLoss(nn.Module):
         return _safe_mean(per_pixel.sum(), valid.sum())
 
 
+class OhemCrossEntropyLoss(nn.Module):
+    """Online hard example mining cross-entropy (mmseg's ``OHEMPixelSampler``, Wu et al. 2016 / PSPNet, BiSeNet):
+    the mean cross-entropy over the hard pixels only, those whose probability of their true class is below
+    ``max(thresh, p_k)``, where ``p_k`` is the ``min_kept``-th smallest such probability in the batch (so at least
+    ``min_kept`` pixels train however easy the batch). Ignored pixels never count; the selection itself carries no
+    gradient.
+    """
+
+    def __init__(self, num_classes: int | None = None, ignore_index: int = 255, thresh: float = 0.7,
+                 min_kept: int = 100_000):
+        super().__init__()
+        if not 0.0 < float(thresh) <= 1.0:
+            raise ValueError(f"OhemCrossEntropyLoss: thresh must be in (0, 1], got {thresh}")
+        if int(min_kept) < 0:
+            raise ValueError(f"OhemCrossEntropyLoss: min_kept must be >= 0, got {min_kept}")
+        self.num_classes = num_classes
+        self.ignore_index = ignore_index
+        self.thresh, self.min_kept = float(thresh), int(min_kept)
+
+    def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        valid, tgt = valid_pixels(logits, target, self.ignore_index)
+        per_pixel = F.cross_entropy(logits.float(), tgt, reduction="none")
+        with torch.no_grad():
+            prob = torch.where(valid, torch.exp(-per_pixel), torch.full_like(per_pixel, 2.0))  # ignored sort last
+            n_valid = int(valid.sum())
+            threshold = self.thresh
+            if n_valid > 0:
+                k = min(self.min_kept, n_valid - 1)  # 0-based, as mmseg's sort_prob[min(min_kept, n - 1)]
+                threshold = max(threshold, float(torch.kthvalue(prob.flatten(), k + 1).values))
+            hard = valid & (prob < threshold)
+        return _safe_mean((per_pixel * hard).sum(), hard.sum())
+
+
 def _soft_counts(logits: torch.Tensor, target: torch.Tensor, ignore_index: int):
     """Per-class soft TP, FP, FN over the batch, ignored pixels excluded."""
     valid, tgt = valid_pixels(logits, target, ignore_index)
