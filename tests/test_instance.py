@@ -13,7 +13,8 @@ from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
 
 from autotimm import FeatureBackboneConfig, InstanceSegmentationDataModule, InstanceSegmentor, MetricConfig
-from autotimm.data.instance import masks_to_boxes
+from autotimm.data.formats.coco import ann_to_mask, anns_to_masks
+from autotimm.data.instance import mask_extents, masks_to_boxes
 from autotimm.heads import MaskHead, SharedMaskHead
 from autotimm.losses import MaskLoss
 from autotimm.metrics import build_metric
@@ -314,6 +315,39 @@ def write_coco(root, split="val"):
             "categories": [{"id": 3, "name": "car"}, {"id": 7, "name": "train"}, {"id": 90, "name": "brush"}]}
     (root / "annotations").mkdir(exist_ok=True)
     (root / "annotations" / f"instances_{split}2017.json").write_text(json.dumps(data))
+
+
+def test_mask_extents_match_torchvision_plus_one():
+    from torchvision.ops import masks_to_boxes as tv_masks_to_boxes
+    rng = np.random.default_rng(0)
+    masks = (rng.random((6, 9, 11)) > 0.97).astype(np.uint8)
+    masks[2] = 0  # an empty mask
+    masks[3] = 0
+    masks[3, 4, 0] = masks[3, 8, 10] = 1  # corners: a box over the whole width
+    boxes, nonempty = mask_extents(masks)
+    ref = tv_masks_to_boxes(torch.from_numpy(masks))
+    ref[:, 2:] += 1
+    assert np.array_equal(boxes, ref.numpy())
+    assert nonempty.tolist() == [bool(m.any()) for m in masks]
+    assert boxes[3].tolist() == [0, 4, 11, 9]
+    assert boxes.dtype == np.float32 and mask_extents(np.zeros((0, 4, 4), np.uint8))[0].shape == (0, 4)
+
+
+def test_anns_to_masks_decodes_every_format_at_once():
+    h, w = 12, 10
+    square = np.zeros((h, w), np.uint8, order="F")
+    square[2:6, 3:8] = 1
+    compressed = mask_utils.encode(square)
+    compressed = {"size": compressed["size"], "counts": compressed["counts"].decode()}  # as JSON stores it
+    uncompressed = {"size": [h, w], "counts": [5, 3, 4, 108]}
+    polygon = [[1.0, 1.0, 8.0, 1.0, 8.0, 9.0, 1.0, 9.0], [0.0, 10.0, 3.0, 10.0, 3.0, 11.5]]
+    segms = [polygon, uncompressed, compressed]
+    masks = anns_to_masks(segms, h, w)
+    assert masks.shape == (3, h, w) and masks.dtype == np.uint8 and masks.flags["C_CONTIGUOUS"]
+    for m, s in zip(masks, segms):
+        assert np.array_equal(m.astype(bool), ann_to_mask(s, h, w))
+    assert np.array_equal(masks[2], square)
+    assert anns_to_masks([], h, w).shape == (0, h, w)
 
 
 def test_coco_instance_decoding(tmp_path):

@@ -91,15 +91,25 @@ def load_coco(ann_file: Path) -> COCO:
     return coco
 
 
-def ann_to_mask(segm, h: int, w: int) -> np.ndarray:
+def ann_to_rle(segm, h: int, w: int) -> dict:
+    """A COCO segmentation (polygons, uncompressed or compressed RLE) as one compressed RLE."""
     if isinstance(segm, list):  # polygons
-        rles = mask_utils.frPyObjects(segm, h, w)
-        rle = mask_utils.merge(rles)
-    elif isinstance(segm.get("counts"), list):  # uncompressed RLE
-        rle = mask_utils.frPyObjects(segm, h, w)
-    else:  # compressed RLE
-        rle = segm
-    return mask_utils.decode(rle).astype(bool)
+        return mask_utils.merge(mask_utils.frPyObjects(segm, h, w))
+    if isinstance(segm.get("counts"), list):  # uncompressed RLE
+        return mask_utils.frPyObjects(segm, h, w)
+    return segm  # compressed RLE
+
+
+def ann_to_mask(segm, h: int, w: int) -> np.ndarray:
+    return mask_utils.decode(ann_to_rle(segm, h, w)).astype(bool)
+
+
+def anns_to_masks(segms: list, h: int, w: int) -> np.ndarray:
+    """Many segmentations -> uint8 masks [N, H, W], decoded in one pycocotools call (its [H, W, N] Fortran-order
+    result made C-contiguous, one copy)."""
+    if not segms:
+        return np.zeros((0, h, w), np.uint8)
+    return np.ascontiguousarray(mask_utils.decode([ann_to_rle(s, h, w) for s in segms]).transpose(2, 0, 1))
 
 
 def load_split(root: Path, split: str, ignore_index: int = 255) -> SplitData:
