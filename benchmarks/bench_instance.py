@@ -312,7 +312,8 @@ def bench_dense(args):
     sec = time_steps(step, max(2, args.steps // 3), warmup=1, trials=2)
     print("| what | value |")
     print("|---|---:|")
-    print(f"| train step GFLOP / image (forward + backward, 300 instances) | {counter.get_total_flops() / batch / 1e9:.1f} |")
+    gflop = counter.get_total_flops() / batch / 1e9
+    print(f"| train step GFLOP / image (forward + backward, 300 instances) | {gflop:.1f} |")
     print(f"| train img/s | {batch / sec:.2f} |")
     x = torch.randn(1, 3, size, size)
     model.eval()

@@ -5,6 +5,10 @@ encoder (``tu-resnet18``) when smp is installed. Also prints FLOPs per image (to
 machine's measured matmul rate, so the table says how far from the hardware limit each row is.
 
     python benchmarks/bench_semantic.py [--steps 20] [--threads 2] [--output-stride 16]
+    python benchmarks/bench_semantic.py --parts     # fp32 per-part FLOP/time table, ours and smp, and the ceiling
+
+``--parts`` times each part of one fp32 training step (encoder, decoder, upsample + loss, optimizer) for both models
+and prints the highest autotimm / smp ratio any decoder could give: smp's whole step over ours without a decoder.
 """
 
 from __future__ import annotations
@@ -94,6 +98,89 @@ class Upsampled(nn.Module):
         return y if y.shape[-2:] == x.shape[-2:] else F.interpolate(y, size=x.shape[-2:], mode="bilinear")
 
 
+def time_call(fn, steps: int, warmup: int = 3, trials: int = 3) -> float:
+    """Seconds per call, best of ``trials`` runs of ``steps`` calls."""
+    for _ in range(warmup):
+        fn()
+    best = float("inf")
+    for _ in range(trials):
+        t = time.perf_counter()
+        for _ in range(steps):
+            fn()
+        best = min(best, (time.perf_counter() - t) / steps)
+    return best
+
+
+def parts_table(models: dict, x, y, loss_fn, steps: int, rate: float) -> None:
+    """fp32, per image: training FLOPs (3 x forward, see ``train_flops``) and time (forward + backward on detached
+    inputs) of the encoder, the decoder (with the 1x1 classifier), the upsample + loss and the optimizer step, next
+    to the whole step, for each model; then the ratio ceiling: smp's step over autotimm's step minus its decoder."""
+    B = x.shape[0]
+
+    def split(model):
+        if isinstance(model, SemanticSegmentor):
+            return model.model.backbone, model.model.head, model
+        return model.m.encoder, lambda feats: model.m.segmentation_head(model.m.decoder(feats)), model
+
+    print(f"\nper part, one fp32 training step (batch {B}, {x.shape[-1]} px; per image):\n")
+    print("| model | part | GFLOP / image | ms / image | achieved GFLOP/s | vs matmul rate | share of step |")
+    print("|---|---|---:|---:|---:|---:|---:|")
+    steps_sec = {}
+    for name, model in models.items():
+        model.train()
+        encoder, decoder, whole = split(model)
+        with torch.no_grad():
+            feats = [f.detach() for f in encoder(x)]
+            logits = decoder(feats).detach()
+
+        def enc(encoder=encoder):
+            out = encoder(x)
+            sum(f.float().mean() for f in out).backward()
+
+        def dec(decoder=decoder, feats=feats):
+            leaves = [f.clone().requires_grad_() for f in feats]
+            decoder(leaves).float().mean().backward()
+
+        def loss(logits=logits):
+            z = logits.clone().requires_grad_()
+            loss_fn(F.interpolate(z, size=x.shape[-2:], mode="bilinear", align_corners=False), y).backward()
+
+        params = [p for p in whole.parameters() if p.requires_grad]
+        opt = torch.optim.AdamW(params, lr=1e-4)
+        for p_ in params:
+            p_.grad = torch.zeros_like(p_)
+
+        def step(opt=opt):
+            opt.step()
+
+        def count(fn, *args):
+            with FlopCounterMode(display=False) as fc, torch.no_grad():
+                fn(*args)
+            return 3 * fc.get_total_flops() / B
+
+        whole_sec = 1 / max(bench_train(whole, x, y, loss_fn, steps) for _ in range(2))  # seconds per image
+        rows = [("encoder", count(encoder, x), time_call(enc, steps) / B),
+                ("decoder + classifier", count(decoder, feats), time_call(dec, steps) / B),
+                ("upsample + loss", 0.0, time_call(loss, steps) / B),
+                ("optimizer step", 0.0, time_call(step, steps) / B)]
+        rows.append(("whole training step", sum(r[1] for r in rows), whole_sec))
+        for part, gf, sec in rows:
+            util = f"{100 * gf / sec / rate:.0f}%" if gf else ""
+            print(f"| {name} | {part} | {gf / 1e9:.2f} | {sec * 1e3:.1f} | {gf / sec / 1e9:.0f} | {util} | "
+                  f"{100 * sec / whole_sec:.0f}% |")
+        steps_sec[name] = (whole_sec, rows[1][2])
+        for p_ in params:
+            p_.grad = None
+    ours = [k for k in steps_sec if k.startswith("autotimm")]
+    smp_name = next((k for k in steps_sec if k.startswith("smp")), None)
+    if smp_name:
+        print()
+        for name in ours:
+            step_s, dec_s = steps_sec[name]
+            print(f"{name}: {steps_sec[smp_name][0] / step_s:.2f}x smp; ceiling with a free decoder "
+                  f"{steps_sec[smp_name][0] / max(step_s - dec_s, 1e-9):.2f}x")
+
+
 def main():
     p = argparse.ArgumentParser()
     p.add_argument("--steps", type=int, default=20)
@@ -103,16 +190,28 @@ def main():
     p.add_argument("--classes", type=int, default=21)
     p.add_argument("--output-stride", type=int, default=16, help="16 is smp's default for DeepLabV3Plus")
     p.add_argument("--repeats", type=int, default=3, help="interleaved trials per row; the best is reported")
+    p.add_argument("--parts", action="store_true", help="only the fp32 per-part table at --output-stride")
     args = p.parse_args()
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
     x = torch.randn(args.batch, 3, args.size, args.size)
     y = torch.randint(0, args.classes, (args.batch, args.size, args.size))
     loss_fn = CombinedSegmentationLoss(args.classes)
-    rate32, rate16 = matmul_rate(), matmul_rate(torch.bfloat16)
-    print(header("per row (fp32 rows are what a CPU without bf16 gets)", args.threads, rate32))
-    print(f"matmul: fp32 {rate32 / 1e9:.0f} GFLOP/s, "
-          f"bf16 {rate16 / 1e9:.0f} GFLOP/s")
+    try:
+        native_bf16 = bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    except (AttributeError, RuntimeError):
+        native_bf16 = False
+    # bf16 rows only where the CPU runs bf16 natively: elsewhere oneDNN emulates it, far slower than fp32 (the 2048^2
+    # bf16 matmul alone took over 10 minutes with the ISA capped at AVX2), and precision: auto picks fp32 there anyway
+    bf16_rows = native_bf16 and not args.parts
+    rate32 = matmul_rate()
+    rate16 = matmul_rate(torch.bfloat16) if bf16_rows else float("nan")
+    print(header("fp32" if args.parts else "per row (fp32 rows are what a CPU without bf16 gets)", args.threads,
+                 rate32))
+    if bf16_rows:
+        print(f"matmul: fp32 {rate32 / 1e9:.0f} GFLOP/s, bf16 {rate16 / 1e9:.0f} GFLOP/s")
+    elif not args.parts:
+        print("no native bf16 on this CPU: fp32 rows only")
 
     models = {}
     for os_ in sorted({args.output_stride, 32}, reverse=True):
@@ -127,7 +226,11 @@ def main():
     except ImportError:
         print("segmentation_models_pytorch not installed: no side-by-side row")
 
-    modes = ("fp32", "fp32 channels_last", "bf16 autocast channels_last")
+    if args.parts:
+        parts_table({k: v for k, v in models.items() if k.startswith("smp") or f"OS {args.output_stride})" in k},
+                    x, y, loss_fn, args.steps, rate32)
+        return
+    modes = ("fp32", "fp32 channels_last") + (("bf16 autocast channels_last",) if bf16_rows else ())
     flops = {name: train_flops(model, x) for name, model in models.items()}
     best: dict[tuple[str, str], tuple[float, float]] = {}
     for _ in range(args.repeats):  # interleaved trials, best of each: robust to drift and noise on a shared machine

@@ -1,6 +1,9 @@
 """LoggingConfig values are logged; AutoTrainer's defaults; auto precision."""
 
 import logging
+import os
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -53,6 +56,19 @@ def test_auto_precision_is_bf16_only_where_supported():
     assert t.precision == p
 
 
+AVX2_ONLY = {"ATEN_CPU_CAPABILITY": "avx2", "ONEDNN_MAX_CPU_ISA": "AVX2", "MKL_ENABLE_INSTRUCTIONS": "AVX2"}
+
+
+@pytest.mark.skipif(torch.backends.cpu.get_cpu_capability() not in ("AVX2", "AVX512"), reason="needs an x86 CPU")
+def test_auto_precision_on_an_avx2_only_cpu_is_fp32_and_says_why():
+    """What a user's AVX2-only CPU gets, emulated on any x86 CPU by capping torch's, oneDNN's and MKL's instruction
+    sets (the README's recipe for measuring AVX2 times on an AVX-512 machine): fp32, with the reason naming AVX2."""
+    code = ("import torch; from autotimm.training.trainer import auto_precision; why = []; "
+            "print(auto_precision('cpu', why)); print(torch.backends.cpu.get_cpu_capability()); print(why[0])")
+    out = subprocess.run([sys.executable, "-c", code], env={**os.environ, **AVX2_ONLY}, capture_output=True,
+                         text=True, check=True).stdout.splitlines()
+    assert out[:2] == ["32-true", "AVX2"]
+    assert out[2].startswith("CPU (AVX2) has no native bf16")
 def test_epoch_summary_line(caplog):
     class T:
         sanity_checking, is_global_zero, current_epoch, global_step = False, True, 2, 30

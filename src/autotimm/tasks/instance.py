@@ -29,9 +29,9 @@ class InstanceSegmentor(BaseTask):
     metrics, logging_config, lr, weight_decay, optimizer, scheduler, freeze_backbone, compile_model, compile_kwargs;
     plus ``center_radius`` (FCOS centre sampling), ``pre_nms_top_k`` (candidates per image before NMS, >=
     ``max_detections_per_image``; dense scenes: ``experiment=instance_dense``), ``mask_rois_per_image`` (the
-    mask loss trains on at most that many instances per image, drawn at random; ``None``: all), ``category_ids`` (label ->
-    dataset category id, filled from the datamodule at fit time), ``channels_last`` and ``preprocess`` (as in
-    ``SemanticSegmentor``), and factories
+    mask loss trains on at most that many instances per image, drawn at random; ``None``: all), ``category_ids``
+    (label -> dataset category id, filled from the datamodule at fit time), ``channels_last`` and ``preprocess`` (as
+    in ``SemanticSegmentor``), and factories
     (a class, a ``functools.partial`` or a ``{"_target_": ...}`` dict, as ``SemanticSegmentor``'s ``head=``):
 
     - ``head``: the FCOS head, called with ``in_channels``, ``num_classes``, ``num_convs``, ``num_levels``
