@@ -26,14 +26,32 @@ def matmul_rate(dtype=torch.float32, n: int = 2048, reps: int = 5, trials: int =
     return best
 
 
+def native_bf16() -> bool:
+    """What autotimm's ``precision: auto`` checks (no autotimm import: ``--public`` runs the other package)."""
+    try:
+        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    except (AttributeError, RuntimeError):
+        return False
+
+
+def time_steps(step, steps: int, warmup: int = 3, trials: int = 3) -> float:
+    """Seconds per call: the best of ``trials`` timings of ``steps`` calls (robust to noise on a shared machine)."""
+    for _ in range(warmup):
+        step()
+    best = float("inf")
+    for _ in range(trials):
+        t = time.perf_counter()
+        for _ in range(steps):
+            step()
+        best = min(best, (time.perf_counter() - t) / steps)
+    return best
+
+
 def header(precision: str, threads: int | None = None, rate: float | None = None) -> str:
     """One line: versions, threads, CPU capability, native bf16, precision of the table, fp32 matmul GFLOP/s."""
     if threads is not None:
         torch.set_num_threads(threads)
-    try:  # what autotimm's ``precision: auto`` checks (no autotimm import: --public runs the other package)
-        bf16 = bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
-    except (AttributeError, RuntimeError):
-        bf16 = False
+    bf16 = native_bf16()
     rate = matmul_rate() if rate is None else rate
     return (f"torch {torch.__version__}, timm {timm.__version__}, {torch.get_num_threads()} threads, "
             f"{platform.machine()} CPU capability {torch.backends.cpu.get_cpu_capability()}, "

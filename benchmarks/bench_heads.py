@@ -19,8 +19,7 @@ from omegaconf import OmegaConf
 from torch.utils.flop_counter import FlopCounterMode
 
 sys.path.insert(0, str(Path(__file__).parent))
-from _machine import header  # noqa: E402
-from bench_instance import time_steps  # noqa: E402
+from _machine import header, time_steps  # noqa: E402
 
 CONF = Path(__file__).resolve().parents[1] / "conf" / "head"
 

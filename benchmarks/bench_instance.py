@@ -15,11 +15,10 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import time
 
 import numpy as np
 import torch
-from _machine import header, matmul_rate
+from _machine import header, matmul_rate, native_bf16, time_steps
 from torch.utils.flop_counter import FlopCounterMode
 
 
@@ -57,19 +56,6 @@ def make_step(forward_loss, opt, ctx=contextlib.nullcontext):
         opt.step()
 
     return step
-
-
-def time_steps(step, steps: int, warmup: int = 3, trials: int = 3) -> float:
-    """Seconds per call: the best of ``trials`` timings of ``steps`` calls (robust to noise on a shared machine)."""
-    for _ in range(warmup):
-        step()
-    best = float("inf")
-    for _ in range(trials):
-        t = time.perf_counter()
-        for _ in range(steps):
-            step()
-        best = min(best, (time.perf_counter() - t) / steps)
-    return best
 
 
 def bench_public(args):
@@ -175,12 +161,8 @@ def bench_ours(args):
     print("|---|---|---:|")
     configs = {"spec defaults (fpn 256, 4 convs)": {},
                "conf/model/instance.yaml (fpn 128, 2 convs)": {"fpn_channels": 128, "head_num_convs": 2}}
-    try:
-        native_bf16 = bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
-    except (AttributeError, RuntimeError):
-        native_bf16 = False
     # bf16 rows only where the CPU runs bf16 natively (elsewhere oneDNN emulates it, far slower than fp32)
-    precisions = ("fp32", "bf16 autocast + channels_last") if native_bf16 else ("fp32",)
+    precisions = ("fp32", "bf16 autocast + channels_last") if native_bf16() else ("fp32",)
     for name, kw in configs.items():
         for precision in precisions:
             bf16 = precision != "fp32"

@@ -19,7 +19,7 @@ import time
 
 import torch
 import torch.nn.functional as F
-from _machine import header, matmul_rate
+from _machine import header, matmul_rate, native_bf16, time_steps
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
@@ -98,19 +98,6 @@ class Upsampled(nn.Module):
         return y if y.shape[-2:] == x.shape[-2:] else F.interpolate(y, size=x.shape[-2:], mode="bilinear")
 
 
-def time_call(fn, steps: int, warmup: int = 3, trials: int = 3) -> float:
-    """Seconds per call, best of ``trials`` runs of ``steps`` calls."""
-    for _ in range(warmup):
-        fn()
-    best = float("inf")
-    for _ in range(trials):
-        t = time.perf_counter()
-        for _ in range(steps):
-            fn()
-        best = min(best, (time.perf_counter() - t) / steps)
-    return best
-
-
 def parts_table(models: dict, x, y, loss_fn, steps: int, rate: float) -> None:
     """fp32, per image: training FLOPs (3 x forward, see ``train_flops``) and time (forward + backward on detached
     inputs) of the encoder, the decoder (with the 1x1 classifier), the upsample + loss and the optimizer step, next
@@ -159,10 +146,10 @@ def parts_table(models: dict, x, y, loss_fn, steps: int, rate: float) -> None:
             return 3 * fc.get_total_flops() / B
 
         whole_sec = 1 / max(bench_train(whole, x, y, loss_fn, steps) for _ in range(2))  # seconds per image
-        rows = [("encoder", count(encoder, x), time_call(enc, steps) / B),
-                ("decoder + classifier", count(decoder, feats), time_call(dec, steps) / B),
-                ("upsample + loss", 0.0, time_call(loss, steps) / B),
-                ("optimizer step", 0.0, time_call(step, steps) / B)]
+        rows = [("encoder", count(encoder, x), time_steps(enc, steps) / B),
+                ("decoder + classifier", count(decoder, feats), time_steps(dec, steps) / B),
+                ("upsample + loss", 0.0, time_steps(loss, steps) / B),
+                ("optimizer step", 0.0, time_steps(step, steps) / B)]
         rows.append(("whole training step", sum(r[1] for r in rows), whole_sec))
         for part, gf, sec in rows:
             util = f"{100 * gf / sec / rate:.0f}%" if gf else ""
@@ -197,13 +184,9 @@ def main():
     x = torch.randn(args.batch, 3, args.size, args.size)
     y = torch.randint(0, args.classes, (args.batch, args.size, args.size))
     loss_fn = CombinedSegmentationLoss(args.classes)
-    try:
-        native_bf16 = bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
-    except (AttributeError, RuntimeError):
-        native_bf16 = False
     # bf16 rows only where the CPU runs bf16 natively: elsewhere oneDNN emulates it, far slower than fp32 (the 2048^2
     # bf16 matmul alone took over 10 minutes with the ISA capped at AVX2), and precision: auto picks fp32 there anyway
-    bf16_rows = native_bf16 and not args.parts
+    bf16_rows = native_bf16() and not args.parts
     rate32 = matmul_rate()
     rate16 = matmul_rate(torch.bfloat16) if bf16_rows else float("nan")
     print(header("fp32" if args.parts else "per row (fp32 rows are what a CPU without bf16 gets)", args.threads,
