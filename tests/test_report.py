@@ -123,7 +123,7 @@ def test_report_on_a_folder_without_jobs(tmp_path):
 def test_report_logs_a_summary_run_in_the_sweeps_wandb_group(tmp_path, monkeypatch):
     """Runs logged with logger=wandb: the report adds one run to their group, holding the settings table and the
     plots (read back from the offline files W&B wrote)."""
-    from test_wandb import wandb_records
+    from test_wandb import finished_run_records
 
     monkeypatch.setenv("WANDB_MODE", "offline")
     sweep = tmp_path / "2026-01-01_00-00-00"
@@ -135,7 +135,7 @@ def test_report_logs_a_summary_run_in_the_sweeps_wandb_group(tmp_path, monkeypat
     paths = write_report(sweep)
     run_dir = paths["wandb"]
     assert run_dir.name.startswith("offline-run-") and run_dir.parent.parent == sweep / "report"
-    records = list(wandb_records(next(run_dir.glob("run-*.wandb"))))
+    records = finished_run_records(run_dir)
     run = next(r.run for r in records if r.WhichOneof("record_type") == "run")
     assert run.run_group == "ablate_loss_weights/2026-01-01_00-00-00" and run.job_type == "ablation-report"
     history = {it.key or it.nested_key[0] for r in records if r.WhichOneof("record_type") == "history"
