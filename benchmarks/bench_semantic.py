@@ -6,6 +6,7 @@ machine's measured matmul rate, so the table says how far from the hardware limi
 
     python benchmarks/bench_semantic.py [--steps 20] [--threads 2] [--output-stride 16]
     python benchmarks/bench_semantic.py --parts     # fp32 per-part FLOP/time table, ours and smp, and the ceiling
+    python benchmarks/bench_semantic.py --parts --widths 128   # also a narrower ASPP + decoder (paper: 256)
 
 ``--parts`` times each part of one fp32 training step (encoder, decoder, upsample + loss, optimizer) for both models
 and prints the highest autotimm / smp ratio any decoder could give: smp's whole step over ours without a decoder.
@@ -15,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import functools
 import time
 
 import torch
@@ -24,6 +26,7 @@ from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
 from autotimm import FeatureBackboneConfig, SemanticSegmentor
+from autotimm.heads import DeepLabV3PlusHead
 from autotimm.losses import CombinedSegmentationLoss
 
 
@@ -178,6 +181,8 @@ def main():
     p.add_argument("--output-stride", type=int, default=16, help="16 is smp's default for DeepLabV3Plus")
     p.add_argument("--repeats", type=int, default=3, help="interleaved trials per row; the best is reported")
     p.add_argument("--parts", action="store_true", help="only the fp32 per-part table at --output-stride")
+    p.add_argument("--widths", type=int, nargs="*", default=[],
+                   help="also our DeepLabV3+ with aspp_channels = decoder_channels = each width (the paper's: 256)")
     args = p.parse_args()
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
@@ -201,6 +206,11 @@ def main():
         models[f"autotimm DeepLabV3+ (OS {os_})"] = SemanticSegmentor(
             FeatureBackboneConfig("resnet18", pretrained=False, output_stride=os_ if os_ != 32 else None),
             num_classes=args.classes, compile_model=False)
+    for w in args.widths:
+        models[f"autotimm DeepLabV3+ (OS {args.output_stride}, width {w})"] = SemanticSegmentor(
+            FeatureBackboneConfig("resnet18", pretrained=False, output_stride=args.output_stride),
+            num_classes=args.classes, compile_model=False,
+            head=functools.partial(DeepLabV3PlusHead, aspp_channels=w, decoder_channels=w))
     try:
         import segmentation_models_pytorch as smp
 
@@ -210,7 +220,7 @@ def main():
         print("segmentation_models_pytorch not installed: no side-by-side row")
 
     if args.parts:
-        parts_table({k: v for k, v in models.items() if k.startswith("smp") or f"OS {args.output_stride})" in k},
+        parts_table({k: v for k, v in models.items() if k.startswith("smp") or f"OS {args.output_stride}" in k},
                     x, y, loss_fn, args.steps, rate32)
         return
     modes = ("fp32", "fp32 channels_last") + (("bf16 autocast channels_last",) if bf16_rows else ())
