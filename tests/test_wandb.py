@@ -37,7 +37,7 @@ def finished_run_records(run_dir, timeout=60.0):
     """The records of the run in ``run_dir``, once its transaction log ends with the exit record.
 
     ``run.finish()`` can return before wandb-core's writer has flushed the ``.wandb`` file (wandb 0.31 measured here:
-    1 in 4-8 report runs still held the 7-byte header only when ``finish`` returned; a few ms later the whole log was
+    3 in 10 report runs still held the 7-byte header only when ``finish`` returned; 0.1 s later the whole log was
     there), so read it again until the exit record is in, and fail naming the file if it never comes."""
     run_file = next(run_dir.glob("run-*.wandb"))
     deadline = time.monotonic() + timeout
