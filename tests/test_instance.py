@@ -55,8 +55,9 @@ def test_no_gt_and_no_positive_losses_are_finite():
     model = InstanceSegmentor(TINY, num_classes=3, fpn_channels=32, head_num_convs=1)
     empty = {"boxes": torch.zeros(0, 4), "labels": torch.zeros(0, dtype=torch.long),
              "masks": torch.zeros(0, 64, 64, dtype=torch.uint8), "iscrowd": torch.zeros(0, dtype=torch.bool)}
-    losses = model(torch.randn(2, 3, 64, 64), [empty, empty])  # the model returns its losses given targets
-    losses["loss"].backward()
+    losses = model(torch.randn(2, 3, 64, 64), [empty, empty])  # the model returns its named losses given targets
+    assert sorted(losses) == ["loss_cls", "loss_ctr", "loss_mask", "loss_reg"]  # terms only: the task sums them
+    sum(losses.values()).backward()
     assert all(torch.isfinite(v) for v in losses.values())
     assert losses["loss_reg"].item() == 0 and losses["loss_mask"].item() == 0
     assert all(torch.isfinite(p.grad).all() for p in model.parameters() if p.grad is not None)

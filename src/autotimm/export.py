@@ -21,11 +21,13 @@ from pathlib import Path
 import torch
 from torch import nn
 
-INSTANCE_OUTPUTS = ["image_index", "boxes", "scores", "labels", "masks"]
+from .models.base import INSTANCE_OUTPUTS
+
+INSTANCE_OUTPUTS = list(INSTANCE_OUTPUTS)
 
 
 class _Traced(nn.Module):
-    """Traces one method of the model (``SemanticModel.predict`` / ``InstanceModel.predict_flat``): the exported
+    """Traces one method of the model (``SemanticModel.predict`` / an instance model's ``predict_flat``): the exported
     graph is the model's own inference code, not a copy of it."""
 
     def __init__(self, model: nn.Module, method: str):
@@ -37,14 +39,11 @@ class _Traced(nn.Module):
 
 
 def export_model(model, path: str | Path, fmt: str = "torchscript", image_size: int = 128) -> Path:
-    """Export a ``SemanticSegmentor`` or an ``InstanceSegmentor`` to ``path`` (``.pt`` TorchScript or ``.onnx``)."""
-    from .tasks import InstanceSegmentor
-
+    """Export a task (``SemanticSegmentor``, ``InstanceSegmentor``) to ``path`` (``.pt`` TorchScript or ``.onnx``):
+    what is traced follows the task kind (``EXPORTERS``)."""
     was_training = model.training  # the wrappers share the model's modules and switch them to eval to trace
     try:
-        if isinstance(model, InstanceSegmentor):
-            return export_instance(model, path, fmt, image_size)
-        return export_semantic(model, path, fmt, image_size)
+        return EXPORTERS[model.task_kind](model, path, fmt, image_size)
     finally:
         model.train(was_training)
 
@@ -53,11 +52,15 @@ IMAGES_AXES = {0: "batch", 2: "height", 3: "width"}
 
 
 def export_instance(model, path: str | Path, fmt: str = "torchscript", image_size: int = 128) -> Path:
-    """Write ``path``: TorchScript (traced) or ONNX (opset 17; dynamic batch, height, width and detections)."""
+    """Write ``path``: TorchScript (traced) or ONNX (opset 17; dynamic batch, height, width and detections). An
+    architecture whose ``predict_flat`` loops over the images (``export_batch_size`` set: Mask R-CNN, through
+    torchvision's RPN and ROI heads) exports for that batch size; height, width and detections stay dynamic."""
     axes = {name: {0: "detections"} for name in INSTANCE_OUTPUTS}
     axes["masks"] = {0: "detections", 1: "height", 2: "width"}
-    return _export(_Traced(model.model, "predict_flat"), model, path, fmt, torch.randn(2, 3, image_size, image_size),
-                   INSTANCE_OUTPUTS, axes)
+    batch = model.model.export_batch_size
+    return _export(_Traced(model.model, "predict_flat"), model, path, fmt,
+                   torch.randn(batch or 2, 3, image_size, image_size), INSTANCE_OUTPUTS, axes,
+                   images_axes=IMAGES_AXES if batch is None else {2: "height", 3: "width"})
 
 
 def export_semantic(model, path: str | Path, fmt: str = "torchscript", image_size: int = 128) -> Path:
@@ -67,7 +70,7 @@ def export_semantic(model, path: str | Path, fmt: str = "torchscript", image_siz
 
 
 def _export(wrapper: nn.Module, model, path: str | Path, fmt: str, example: torch.Tensor, output_names: list[str],
-            output_axes: dict) -> Path:
+            output_axes: dict, images_axes: dict | None = None) -> Path:
     """Trace ``wrapper`` on ``example`` into TorchScript, or export it to ONNX (legacy TorchScript-based exporter,
     opset 17, dynamic axes); an operator ONNX lacks is reported with the backbone's name."""
     if fmt not in ("torchscript", "onnx"):
@@ -83,7 +86,8 @@ def _export(wrapper: nn.Module, model, path: str | Path, fmt: str, example: torc
             return path
         try:
             torch.onnx.export(wrapper, (example,), str(path), dynamo=False, opset_version=17, input_names=["images"],
-                              output_names=output_names, dynamic_axes={"images": IMAGES_AXES, **output_axes})
+                              output_names=output_names,
+                              dynamic_axes={"images": images_axes or IMAGES_AXES, **output_axes})
         except torch.onnx.errors.UnsupportedOperatorError as e:
             path.unlink(missing_ok=True)
             name = getattr(getattr(getattr(model, "backbone", None), "config", None), "model_name", "?")
@@ -95,3 +99,10 @@ def _export(wrapper: nn.Module, model, path: str | Path, fmt: str, example: torc
     onnx.helper.set_model_props(proto, {"preprocess": meta})
     onnx.save(proto, str(path))
     return path
+
+
+# task kind -> exporter, and what the exported graph computes (export.py logs it)
+EXPORTERS = {"semantic": export_semantic, "instance": export_instance}
+EXPORTED = {"semantic": "normalised images [B,3,H,W] -> class ids [B,H,W]",
+            "instance": f"normalised images [B,3,H,W] -> {', '.join(INSTANCE_OUTPUTS)} (flat over the batch, "
+                        f"after NMS)"}

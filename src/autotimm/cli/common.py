@@ -96,15 +96,12 @@ def untrusted_checkpoint(path: Any):
 
 
 def check_pairing(model: Any, datamodule: Any) -> None:
-    """A semantic model needs a semantic datamodule and an instance model an instance one; say so up front."""
-    from ..data import InstanceSegmentationDataModule
-    from ..tasks import InstanceSegmentor
-
-    wants_instance = isinstance(model, InstanceSegmentor)
-    has_instance = isinstance(datamodule, InstanceSegmentationDataModule)
-    if wants_instance != has_instance:
-        need = "an instance dataset (dataset=shapes_instance or dataset=coco with model=instance)" if wants_instance \
-            else "a semantic dataset (dataset=shapes, png, coco, cityscapes or voc)"
+    """A semantic model needs a semantic datamodule and an instance model an instance one (their ``task_kind``);
+    say so up front."""
+    wants, has = model.task_kind, getattr(datamodule, "task_kind", None)
+    if wants != has:
+        need = "an instance dataset (dataset=shapes_instance or dataset=coco with model=instance)" \
+            if wants == "instance" else "a semantic dataset (dataset=shapes, png, coco, cityscapes or voc)"
         raise ValueError(f"model {type(model).__name__} cannot train on {type(datamodule).__name__}: it needs {need}")
 
 

@@ -5,9 +5,10 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from hydra.utils import get_class, instantiate
+from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
+from ..tasks import load_task
 from ..tta import as_tta
 from .common import (
     build_trainer,
@@ -26,15 +27,16 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
     if not ckpt.is_file():
         raise FileNotFoundError(f"ckpt_path: {ckpt} does not exist")
     datamodule = instantiate(cfg.dataset)
-    model_cls = get_class(cfg.model._target_)
-    # hyper-parameters come from the checkpoint; weights-only loading never runs code from the file
+    # the checkpoint says which task it holds; its hyper-parameters rebuild the model; weights-only loading never
+    # runs code from the file
     with untrusted_checkpoint(ckpt):
-        model = model_cls.load_from_checkpoint(str(ckpt), map_location="cpu", weights_only=True)
+        model = load_task(ckpt)
     check_pairing(model, datamodule)
     tta = as_tta(OmegaConf.to_container(cfg.tta, resolve=True)) if cfg.get("tta") else None
     if tta is not None and not tta.identity:
-        if not hasattr(model, "set_tta"):
-            raise ValueError(f"tta: test-time augmentation is for semantic models, not {type(model).__name__}")
+        if model.task_kind != "semantic":
+            raise ValueError(f"tta: test-time augmentation is for semantic models; {ckpt} holds an "
+                             f"{model.task_kind} model")
         model.set_tta(tta, ["test"])
         log.info("test-time augmentation: %s", tta)
     trainer = build_trainer(cfg, callbacks=False)

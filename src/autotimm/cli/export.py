@@ -6,8 +6,7 @@ from pathlib import Path
 
 from omegaconf import DictConfig
 
-from ..export import INSTANCE_OUTPUTS, export_model
-from ..tasks import InstanceSegmentor
+from ..export import EXPORTED, export_model
 from .common import log
 from .predict import load_task
 
@@ -22,10 +21,6 @@ def export(cfg: DictConfig) -> Path:
     out = Path(str(cfg.output)) if cfg.get("output") else ckpt.with_suffix(suffix)
     size = cfg.get("image_size") or model.preprocess.get("image_size") or 128
     path = export_model(model, out, fmt, int(size))
-    if isinstance(model, InstanceSegmentor):
-        what = f"normalised images [B,3,H,W] -> {', '.join(INSTANCE_OUTPUTS)} (flat over the batch, after NMS)"
-    else:
-        what = "normalised images [B,3,H,W] -> class ids [B,H,W]"
-    log.info("exported %s to %s (%s): %s", ckpt.name, path, fmt, what)
+    log.info("exported %s to %s (%s): %s", ckpt.name, path, fmt, EXPORTED[model.task_kind])
     print(path)
     return path

@@ -42,6 +42,8 @@ class SegmentationDataModule(ModelPreprocess, pl.LightningDataModule):
             ``ModelPreprocess``).
     """
 
+    task_kind = "semantic"  # the models it feeds (``SemanticSegmentor.task_kind``)
+
     def __init__(self, data_dir: str | Path, format: str = "png", image_size: int = 512, batch_size: int = 8,
                  num_workers: int = 4, augmentation_preset: str = "default", custom_train_transforms: Any = None,
                  custom_val_transforms: Any = None, class_mapping: dict[int, int] | None = None,

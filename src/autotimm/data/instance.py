@@ -214,6 +214,8 @@ class InstanceSegmentationDataModule(ModelPreprocess, pl.LightningDataModule):
     ``SegmentationDataModule``: by default the attached model's preprocessing).
     ``category_ids[label]`` maps contiguous labels back to the dataset's category ids."""
 
+    task_kind = "instance"  # the models it feeds (``InstanceSegmentor.task_kind``)
+
     def __init__(self, data_dir: str | Path, image_size: int = 640, batch_size: int = 4, num_workers: int = 4,
                  augmentation_preset: str = "default", custom_train_transforms: Any = None,
                  custom_val_transforms: Any = None, min_keypoints: int = 0, min_area: float = 0.0,

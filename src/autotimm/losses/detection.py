@@ -41,9 +41,10 @@ class FCOSLoss(nn.Module):
 class InstanceSegmentationLoss(nn.Module):
     """The instance model's loss: FCOS (sigmoid focal, GIoU, centerness BCE) plus the mask BCE, each weighted.
 
-    ``conf/loss/instance.yaml`` configures it; ``InstanceSegmentor`` builds it (its ``focal_alpha`` ...
-    ``mask_loss_weight`` arguments fill what the config leaves out) and gives it to the ``InstanceModel``.
-    ``forward`` returns ``loss_cls``, ``loss_reg``, ``loss_ctr``, ``loss_mask`` (weighted) and their sum ``loss``.
+    ``conf/loss/instance.yaml`` configures it (``conf/arch/fcos.yaml`` passes it to ``FCOSInstanceModel``; the
+    seed's ``InstanceSegmentor(focal_alpha=..., mask_loss_weight=...)`` arguments fill what a spec leaves out).
+    ``forward`` returns ``loss_cls``, ``loss_reg``, ``loss_ctr``, ``loss_mask``, each weighted (the task sums
+    them: it sums whatever named losses an instance model returns).
     """
 
     def __init__(self, focal_alpha: float = 0.25, focal_gamma: float = 2.0, cls_loss_weight: float = 1.0,
@@ -63,5 +64,4 @@ class InstanceSegmentationLoss(nn.Module):
         ``mask_targets [N, M, M]`` and ``mask_labels [N]``."""
         losses = self.detection(cls_logits, pred_boxes, ctr_logits, cls_targets, box_targets, ctr_targets, pos)
         losses["loss_mask"] = self.mask_loss_weight * self.mask(mask_logits, mask_targets, mask_labels)
-        losses["loss"] = sum(losses.values())
         return losses

@@ -37,8 +37,9 @@ SCHEDULERS = ("cosine", "step", "multistep", "onecycle", "poly", "none")
 
 # --------------------------------------------------------------------------------------------- component specs
 def component_spec(obj: Any, kind: str) -> dict[str, Any] | None:
-    """A head/loss factory (``functools.partial`` of a class, a class, or a ``{"_target_": ...}`` dict) as plain
-    data: ``{"_target_": "pkg.mod.Class", **kwargs}``."""
+    """A factory (``functools.partial`` of a class, a class, or a ``{"_target_": ...}`` dict) as plain data:
+    ``{"_target_": "pkg.mod.Class", **kwargs}``. Factories among its arguments (an architecture's mask head or loss)
+    become nested specs marked ``_partial_: true``, so ``build_component`` hands them over as factories."""
     if obj is None:
         return None
     if isinstance(obj, dict) or hasattr(obj, "keys"):
@@ -46,15 +47,32 @@ def component_spec(obj: Any, kind: str) -> dict[str, Any] | None:
         d.pop("_partial_", None)
         if "_target_" not in d:
             raise ValueError(f"{kind}: a dict spec needs a '_target_' naming the class, got keys {sorted(d)}")
-        return d
+        return {k: _nested_spec(v, f"{kind}.{k}") for k, v in d.items()}
     if isinstance(obj, functools.partial):
         if obj.args:
             raise ValueError(f"{kind}: pass keyword arguments only to the partial factory")
-        return {"_target_": f"{obj.func.__module__}.{obj.func.__qualname__}", **plain(obj.keywords)}
+        return {"_target_": f"{obj.func.__module__}.{obj.func.__qualname__}",
+                **{k: _nested_spec(v, f"{kind}.{k}") for k, v in obj.keywords.items()}}
     if isinstance(obj, type):
         return {"_target_": f"{obj.__module__}.{obj.__qualname__}"}
     raise TypeError(f"{kind}: expected a class, a functools.partial or a dict with '_target_', got {type(obj)!r}; "
                     f"to use a ready module instance, subclass the task and set it after __init__")
+
+
+def _nested_spec(value: Any, kind: str) -> Any:
+    """An argument of a spec as plain data: factories -> ``{"_target_": ..., "_partial_": True, ...}``."""
+    if isinstance(value, nn.Module):
+        raise TypeError(f"{kind}: a module instance cannot be kept in a checkpoint's hyper-parameters; pass a "
+                        f"factory (a class, a functools.partial or a dict with '_target_')")
+    if isinstance(value, (functools.partial, type)) or ((isinstance(value, dict) or hasattr(value, "keys"))
+                                                        and "_target_" in value):
+        partial = plain(value).get("_partial_", True) if not isinstance(value, (functools.partial, type)) else True
+        return {**component_spec(value, kind), "_partial_": partial}
+    if isinstance(value, dict) or hasattr(value, "keys"):
+        return {k: _nested_spec(v, f"{kind}.{k}") for k, v in plain(value).items()}
+    if isinstance(value, (list, tuple)) or type(value).__name__ == "ListConfig":
+        return [_nested_spec(v, kind) for v in value]
+    return plain(value)
 
 
 def build_component(spec: dict[str, Any], kind: str = "component", **required: Any) -> nn.Module:
@@ -73,6 +91,24 @@ def named_choice(value: str, options, field: str) -> str:
     if v not in options:
         raise ValueError(f"{field}: unknown value {value!r}; valid: {sorted(options)}")
     return v
+
+
+# --------------------------------------------------------------------------------------------- checkpoints
+CHECKPOINT_KEY = "autotimm"
+
+
+def checkpoint_kind(ckpt: dict[str, Any], path: Any = "checkpoint") -> str:
+    """The task kind a loaded checkpoint holds (``"semantic"`` or ``"instance"``), from its ``autotimm`` record.
+    Checkpoints written before that record existed are told by their hyper-parameters (the seed's instance
+    arguments)."""
+    meta = ckpt.get(CHECKPOINT_KEY) if isinstance(ckpt, dict) else None
+    if isinstance(meta, dict) and isinstance(meta.get("task"), str):
+        return meta["task"]
+    hp = ckpt.get("hyper_parameters") if isinstance(ckpt, dict) else None
+    if not isinstance(hp, dict) or "backbone" not in hp:
+        raise ValueError(f"{path}: not an autotimm checkpoint (no '{CHECKPOINT_KEY}' record and no task "
+                         f"hyper-parameters)")
+    return "instance" if "mask_size" in hp or "architecture" in hp else "semantic"
 
 
 # --------------------------------------------------------------------------------------------- base task
@@ -169,7 +205,7 @@ class BaseTask(pl.LightningModule):
                              f"plain data ({str(e).splitlines()[0]})") from None
         if not isinstance(ckpt, dict) or "state_dict" not in ckpt:
             raise ValueError(f"init_from {path}: not a Lightning checkpoint (no 'state_dict')")
-        theirs = "instance" if "mask_size" in ckpt.get("hyper_parameters", {}) else "semantic"
+        theirs = checkpoint_kind(ckpt, path)
         mine = self.task_kind
         if theirs != mine:
             article = "an" if theirs == "instance" else "a"
@@ -196,6 +232,18 @@ class BaseTask(pl.LightningModule):
         for name, why in skipped.items():
             log.info("init_from: skipped %s: %s", name, why)
         return skipped
+
+    # what a checkpoint holds -----------------------------------------------------------------------------
+    def model_spec(self) -> dict[str, Any]:
+        """The model as plain data (backbone and head / architecture specs), recorded in every checkpoint."""
+        raise NotImplementedError
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        """Every checkpoint says what it holds: ``checkpoint["autotimm"] = {"task": kind, "model": spec}``, which
+        ``load_task``, ``init_from``, ``predict.py``, ``eval.py`` and ``export.py`` dispatch on."""
+        from .. import __version__
+
+        checkpoint[CHECKPOINT_KEY] = {"task": self.task_kind, "model": self.model_spec(), "version": __version__}
 
     # hparams as data ---------------------------------------------------------------------------------------
     @staticmethod

@@ -1,5 +1,6 @@
-"""InstanceSegmentor: the Lightning task that trains an ``InstanceModel`` (timm backbone -> FPN -> FCOS head + ROI
-mask head). The task builds the model (or receives one) and owns metrics, logging, optimizer and scheduler."""
+"""InstanceSegmentor: the Lightning task that trains an instance architecture (``autotimm.models``: FCOS + ROI mask
+head by default, Mask R-CNN, or any model following ``InstanceModelBase``). The task builds the model from its spec
+(or receives one) and owns metrics, logging, optimizer and scheduler; the model owns its losses and post-processing."""
 
 from __future__ import annotations
 
@@ -10,39 +11,75 @@ from torch import nn
 
 from ..backbones import FeatureBackboneConfig, TimmFeatureBackbone, as_backbone_config, resolve_preprocess
 from ..heads.fcos import FCOSHead
-from ..heads.fpn import FPN
 from ..heads.mask import MaskHead
 from ..losses.detection import InstanceSegmentationLoss
 from ..metrics import MetricConfig
-from ..models.instance import InstanceModel
+from ..models.base import InstanceModelBase, loss_name
+from ..models.fcos_instance import FCOSInstanceModel
 from ..training.logging_config import LoggingConfig
 from ..utils import plain
 from .base import BaseTask, Factory, build_component, component_spec
 
+# the seed's FCOS arguments and their defaults: they build the default architecture; with ``architecture=`` they
+# belong in that spec
+FCOS_DEFAULTS: dict[str, Any] = {
+    "fpn_channels": 256, "head_num_convs": 4, "mask_size": 28, "roi_pool_size": 14, "mask_loss_weight": 1.0,
+    "focal_alpha": 0.25, "focal_gamma": 2.0, "cls_loss_weight": 1.0, "reg_loss_weight": 1.0,
+    "centerness_loss_weight": 1.0, "score_thresh": 0.05, "nms_thresh": 0.5, "max_detections_per_image": 100,
+    "mask_threshold": 0.5, "center_radius": 1.5, "pre_nms_top_k": 1000, "mask_rois_per_image": None,
+    "head": None, "mask_head": None, "loss": None}
+LOSS_ARGS = ("focal_alpha", "focal_gamma", "cls_loss_weight", "reg_loss_weight", "centerness_loss_weight",
+             "mask_loss_weight")
+
+
+def fcos_spec(args: dict[str, Any]) -> dict[str, Any]:
+    """The default architecture's spec (``FCOSInstanceModel``) from the seed's arguments, as plain data."""
+    head = component_spec(args["head"], "head")
+    if head is None:
+        head = {"_target_": _path(FCOSHead), "num_convs": args["head_num_convs"]}
+    mask_head = component_spec(args["mask_head"], "mask_head") or {"_target_": _path(MaskHead)}
+    mask_head.setdefault("mask_size", args["mask_size"])
+    mask_head.setdefault("roi_pool_size", args["roi_pool_size"])
+    loss = component_spec(args["loss"], "loss") or {"_target_": _path(InstanceSegmentationLoss)}
+    for key in LOSS_ARGS:
+        loss.setdefault(key, args[key])
+    for name in ("mask_size", "roi_pool_size"):
+        v = mask_head[name]
+        if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+            raise ValueError(f"{name} must be an integer >= 1, got {v!r}")
+    spec = {"_target_": _path(FCOSInstanceModel), "fpn_channels": args["fpn_channels"],
+            "head_num_convs": args["head_num_convs"], "head": {**head, "_partial_": True},
+            "mask_head": {**mask_head, "_partial_": True}, "loss": {**loss, "_partial_": True}}
+    for key in ("score_thresh", "nms_thresh", "max_detections_per_image", "mask_threshold", "center_radius",
+                "pre_nms_top_k", "mask_rois_per_image"):
+        spec[key] = args[key]
+    return spec
+
 
 class InstanceSegmentor(BaseTask):
-    """Instance segmentation: FCOS boxes and classes, Mask R-CNN-style masks from ROI-aligned FPN features.
+    """Instance segmentation on any timm backbone, with the architecture as a plug-in.
 
-    Args (see the API reference table): backbone, num_classes (object classes, no background), fpn_channels,
-    head_num_convs, mask_size, roi_pool_size, mask_loss_weight, focal_alpha, focal_gamma, cls_loss_weight,
-    reg_loss_weight, centerness_loss_weight, score_thresh, nms_thresh, max_detections_per_image, mask_threshold,
-    metrics, logging_config, lr, weight_decay, optimizer, scheduler, freeze_backbone, compile_model, compile_kwargs;
-    plus ``center_radius`` (FCOS centre sampling), ``pre_nms_top_k`` (candidates per image before NMS, >=
-    ``max_detections_per_image``; dense scenes: ``experiment=instance_dense``), ``mask_rois_per_image`` (the
-    mask loss trains on at most that many instances per image, drawn at random; ``None``: all), ``category_ids``
-    (label -> dataset category id, filled from the datamodule at fit time), ``channels_last`` and ``preprocess`` (as
-    in ``SemanticSegmentor``), and factories
-    (a class, a ``functools.partial`` or a ``{"_target_": ...}`` dict, as ``SemanticSegmentor``'s ``head=``):
+    The architecture is ``architecture``: a spec (a class or ``functools.partial`` of one, or a ``{"_target_": ...,
+    **kwargs}`` dict; Hydra's ``conf/arch/*.yaml``) called with ``backbone`` (the timm feature backbone this task
+    builds from ``backbone``) and ``num_classes``, returning an ``InstanceModelBase``
+    (``autotimm.models.FCOSInstanceModel``, ``autotimm.models.MaskRCNNModel``, or a user's own). It is kept in the
+    hyper-parameters as plain data, so a checkpoint rebuilds it.
 
-    - ``head``: the FCOS head, called with ``in_channels``, ``num_classes``, ``num_convs``, ``num_levels``
-      (default ``FCOSHead`` with ``fpn_channels`` and ``head_num_convs``);
-    - ``mask_head``: the mask head (``RoIMaskHead`` contract), called with ``in_channels``, ``num_classes``,
-      ``featmap_names``, ``featmap_strides``; its ``mask_size`` / ``roi_pool_size`` come from the factory when it
-      sets them, else from this task's arguments (default ``MaskHead``, Mask R-CNN's per-ROI head;
-      ``SharedMaskHead`` is the cheaper variant: ``conf/head/mask_shared.yaml``);
-    - ``loss``: the loss (default ``InstanceSegmentationLoss``); the loss-weight arguments fill what it leaves out;
-    - ``model``: a ready ``InstanceModel`` to train instead (not saved in the hyper-parameters);
-    - ``init_from``: a checkpoint to fine-tune from, as in ``SemanticSegmentor``.
+    Without ``architecture``, the seed's arguments build FCOS + Mask R-CNN's per-ROI mask head, as the API reference
+    describes: fpn_channels, head_num_convs, mask_size, roi_pool_size, mask_loss_weight, focal_alpha, focal_gamma,
+    cls_loss_weight, reg_loss_weight, centerness_loss_weight, score_thresh, nms_thresh, max_detections_per_image,
+    mask_threshold, plus ``center_radius``, ``pre_nms_top_k``, ``mask_rois_per_image`` and the factories ``head``
+    (FCOS head), ``mask_head`` (``RoIMaskHead`` contract; ``SharedMaskHead`` is the cheaper variant) and ``loss``
+    (``InstanceSegmentationLoss``; the loss-weight arguments fill what it leaves out). With ``architecture``, these
+    belong in its spec, and setting them here is an error.
+
+    Also: metrics, logging_config, lr, weight_decay, optimizer, scheduler, freeze_backbone, compile_model,
+    compile_kwargs (as ``SemanticSegmentor``), ``category_ids`` (label -> dataset category id, filled from the
+    datamodule at fit time), ``channels_last``, ``preprocess``, ``model`` (a ready ``InstanceModelBase`` to train
+    instead; not saved in the hyper-parameters) and ``init_from`` (a checkpoint to fine-tune from).
+
+    The task logs every loss the model returns (``train/loss_<name>``) and their sum (``train/loss``); it weights
+    nothing. Post-processing settings live on the model: ``task.model.set_postprocess(score_thresh=0.5)``.
 
     Metrics: a ``MeanAveragePrecision`` config named ``mask_map`` logs ``<stage>/mask_map``, ``<stage>/mask_map_50``,
     ``<stage>/mask_map_75``, ``<stage>/mask_mar_100``... (every scalar it computes, prefixed by the name less its
@@ -89,40 +126,33 @@ class InstanceSegmentor(BaseTask):
         init_from: str | None = None,
         pre_nms_top_k: int = 1000,
         mask_rois_per_image: int | None = None,
+        architecture: Factory | dict | None = None,
     ):
         super().__init__()
-        if not isinstance(num_classes, int) or num_classes < 1:
+        if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 1:
             raise ValueError(f"num_classes must be an integer >= 1, got {num_classes!r}")
-        head = component_spec(head, "head") or {"_target_": _path(FCOSHead), "num_convs": head_num_convs}
-        mask_head = component_spec(mask_head, "mask_head") or {"_target_": _path(MaskHead)}
-        mask_head.setdefault("mask_size", mask_size)
-        mask_head.setdefault("roi_pool_size", roi_pool_size)
-        mask_size, roi_pool_size = mask_head["mask_size"], mask_head["roi_pool_size"]
-        loss = component_spec(loss, "loss") or {"_target_": _path(InstanceSegmentationLoss)}
-        for key, value in (("focal_alpha", focal_alpha), ("focal_gamma", focal_gamma),
-                           ("cls_loss_weight", cls_loss_weight), ("reg_loss_weight", reg_loss_weight),
-                           ("centerness_loss_weight", centerness_loss_weight), ("mask_loss_weight", mask_loss_weight)):
-            loss.setdefault(key, value)
-        for name, v in (("mask_size", mask_size), ("roi_pool_size", roi_pool_size), ("fpn_channels", fpn_channels),
-                        ("max_detections_per_image", max_detections_per_image)):
-            if not isinstance(v, int) or v < 1:
-                raise ValueError(f"{name} must be an integer >= 1, got {v!r}")
+        seed_args = {k: v for k, v in locals().items() if k in FCOS_DEFAULTS}
+        if architecture is None:
+            architecture = fcos_spec(seed_args)
+        else:
+            architecture = component_spec(architecture, "architecture")
+            changed = sorted(k for k, v in seed_args.items() if plain(v) != FCOS_DEFAULTS[k])
+            if changed:
+                raise ValueError(f"InstanceSegmentor: {changed} configure the default FCOS architecture; with "
+                                 f"architecture={architecture['_target_']!r} set them in the architecture spec")
         backbone_cfg = as_backbone_config(backbone)
         preprocess = plain(preprocess)
         category_ids = plain(category_ids)
         if model is None:
             net = TimmFeatureBackbone(backbone_cfg, image_size=(preprocess or {}).get("image_size"))
             backbone_cfg = net.config  # output_stride "auto" resolved (native: the FPN fuses every level)
-            fpn = FPN(net.channels, net.reductions, fpn_channels)
-            model = InstanceModel(
-                net, fpn,
-                build_component(head, "head", in_channels=fpn_channels, num_classes=num_classes,
-                                num_levels=len(fpn.strides)),
-                build_component(mask_head, "mask_head", in_channels=fpn_channels, num_classes=num_classes,
-                                featmap_names=fpn.names[:3], featmap_strides=fpn.strides[:3]),
-                build_component(loss, "loss"), num_classes, score_thresh, nms_thresh, max_detections_per_image,
-                mask_threshold, center_radius, category_ids, channels_last is True, pre_nms_top_k,
-                mask_rois_per_image)
+            model = build_component(architecture, "architecture", backbone=net, num_classes=num_classes)
+        if not isinstance(model, InstanceModelBase):
+            raise TypeError(f"architecture: {type(model).__name__} is not an autotimm.models.InstanceModelBase; an "
+                            f"instance architecture subclasses it and implements forward(images, targets=None)")
+        if category_ids:
+            model.category_ids = list(category_ids)
+        model.channels_last = channels_last is True
         preprocess = resolve_preprocess(model.backbone, preprocess)
         backbone = {**backbone_cfg.to_dict(), "pretrained": False}
         metrics = self._metrics_as_data(metrics)
@@ -130,17 +160,19 @@ class InstanceSegmentor(BaseTask):
             logging_config = logging_config.to_dict()
         logging_config = plain(logging_config)
         optimizer, scheduler, compile_kwargs = plain(optimizer), plain(scheduler), plain(compile_kwargs)
-        self.save_hyperparameters(ignore=["model", "init_from"])
+        # the architecture's spec stands for the seed's FCOS arguments: a checkpoint rebuilds the model from it alone
+        self.save_hyperparameters(ignore=["model", "init_from", *FCOS_DEFAULTS])
 
         self.num_classes = num_classes
         self.channels_last = channels_last
         self.model = model
         if init_from:  # fine-tuning: every weight whose name and shape fit
             self.init_weights_from(init_from)
+        max_det = int(model.postprocess.get("max_detections_per_image", 100))
         self._setup_common(lr=lr, weight_decay=weight_decay, optimizer=optimizer, scheduler=scheduler,
                            metrics=metrics, logging_config=logging_config,
                            # COCO mAP over as many detections as the model keeps (dense scenes: up to 1000/image)
-                           metric_defaults={"max_detection_thresholds": [1, 10, max(100, max_detections_per_image)]},
+                           metric_defaults={"max_detection_thresholds": [1, 10, max(100, max_det)]},
                            freeze_backbone=freeze_backbone, compile_model=compile_model,
                            compile_kwargs=compile_kwargs)
         if channels_last not in (True, False, "auto"):
@@ -148,6 +180,10 @@ class InstanceSegmentor(BaseTask):
         if channels_last is True:
             self._apply_channels_last(True)
 
+    def model_spec(self) -> dict[str, Any]:
+        return {"backbone": self.hparams["backbone"], "architecture": self.hparams["architecture"]}
+
+    # the default architecture's parts (FCOS), for convenience ------------------------------------------------------
     @property
     def fpn(self) -> nn.Module:
         return self.model.fpn
@@ -169,11 +205,11 @@ class InstanceSegmentor(BaseTask):
         return self.model.category_ids
 
     def compiled_modules(self):
-        return [self.model.backbone, self.model.fpn, self.model.head]
+        return self.model.compiled_modules()
 
     # inference ---------------------------------------------------------------------------------------------------
     def forward(self, images: torch.Tensor, targets: list[dict] | None = None):
-        """``InstanceModel.forward``: the losses given ``targets``, else one detection dict per image."""
+        """The model's forward: its named losses given ``targets``, else one detection dict per image."""
         return self.model(images, targets)
 
     @torch.no_grad()
@@ -183,26 +219,31 @@ class InstanceSegmentor(BaseTask):
         return self.model.predict(images)
 
     # steps -------------------------------------------------------------------------------------------------------
+    def _log_losses(self, stage: str, losses: dict[str, torch.Tensor], batch_size: int) -> torch.Tensor:
+        """Log the sum (``<stage>/loss``) and, in training, every named loss the model returned."""
+        total = sum(losses.values())
+        train = stage == "train"
+        self.log(f"{stage}/loss", total, on_step=train, on_epoch=True, prog_bar=train, batch_size=batch_size,
+                 sync_dist=not train)
+        for key, value in losses.items():
+            self.log(f"{stage}/{loss_name(key)}", value, on_step=train, on_epoch=True, batch_size=batch_size,
+                     sync_dist=not train)
+        return total
+
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:
         images = batch["image"]
         losses = self.model(images, batch["targets"])
-        if self.finite_or_skip(losses["loss"]) is None:
+        total = sum(losses.values())
+        if self.finite_or_skip(total) is None:
             return None  # skipped: nothing logged, weights unchanged
-        bs = images.shape[0]
-        self.log("train/loss", losses["loss"], on_step=True, on_epoch=True, prog_bar=True, batch_size=bs)
-        for k in ("loss_cls", "loss_reg", "loss_ctr", "loss_mask"):
-            self.log(f"train/{k}", losses[k], on_step=True, on_epoch=True, batch_size=bs)
-        return losses["loss"]
+        return self._log_losses("train", losses, images.shape[0])
 
     def _eval_step(self, batch: dict[str, Any], stage: str, batch_idx: int = 0):
         images = batch["image"]
-        out = self.model.features(images)  # one forward for the loss, the metrics and the W&B panels
-        losses = self.model.compute_losses(out, batch["targets"])
-        self.log(f"{stage}/loss", losses["loss"], on_step=False, on_epoch=True, batch_size=images.shape[0],
-                 sync_dist=True)
         metrics = list(self.metric_manager.for_stage(stage))
-        if metrics:
-            preds = self.model.detect(out, batch.get("orig_size"), batch.get("valid_size"))
+        if metrics:  # one backbone pass for the loss and the detections where the model can share it
+            losses, preds = self.model.losses_and_detections(images, batch["targets"], batch.get("orig_size"),
+                                                             batch.get("valid_size"))
             targets = batch.get("orig_targets") or batch["targets"]
             preds = [{"boxes": p["boxes"], "scores": p["scores"], "labels": p["labels"], "masks": p["masks"].bool()}
                      for p in preds]
@@ -210,9 +251,12 @@ class InstanceSegmentor(BaseTask):
                    "iscrowd": t["iscrowd"].long()} for t in targets]
             for _, metric in metrics:
                 metric.update(preds, tg)
+        else:
+            losses = self.model(images, batch["targets"])
+        loss = self._log_losses(stage, losses, images.shape[0])
         if self.keep_example_outputs and batch_idx == 0:  # for the W&B panels: detections at the input size
-            return {"loss": losses["loss"], "detections": self.model.detect(out)}
-        return losses["loss"]
+            return {"loss": loss, "detections": self.model.detect(images)}
+        return loss
 
     def validation_step(self, batch, batch_idx):
         return self._eval_step(batch, "val", batch_idx)
@@ -223,8 +267,7 @@ class InstanceSegmentor(BaseTask):
     def predict_step(self, batch, batch_idx: int = 0, dataloader_idx: int = 0):
         if isinstance(batch, torch.Tensor):
             return self.predict(batch)
-        out = self.model.features(batch["image"])
-        return self.model.detect(out, batch.get("orig_size"), batch.get("valid_size"))
+        return self.model.predict(batch["image"], batch.get("orig_size"), batch.get("valid_size"))
 
     def _log_dict_metrics(self, stage: str):
         for cfg, metric in self.metric_manager.for_stage(stage):
@@ -252,7 +295,7 @@ class InstanceSegmentor(BaseTask):
         super().on_fit_start()
         dm = getattr(self.trainer, "datamodule", None)
         ids = getattr(dm, "category_ids", None)
-        if ids and not self.category_ids:
+        if ids and not self.model.category_ids:
             self.model.category_ids = list(ids)
             self.hparams["category_ids"] = list(ids)
 

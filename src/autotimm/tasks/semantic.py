@@ -159,6 +159,9 @@ class SemanticSegmentor(BaseTask):
     def head(self) -> nn.Module:
         return self.model.head
 
+    def model_spec(self) -> dict[str, Any]:
+        return {"backbone": self.hparams["backbone"], "head": self.hparams["head"]}
+
     # test-time augmentation ----------------------------------------------------------------------------------------
     def set_tta(self, tta: dict | TTA | None, stages: Sequence[str] = ("test",)) -> None:
         """Score ``stages`` (``"val"``, ``"test"``) with test-time augmentation (``autotimm.tta.TTA``: ``scales``,

@@ -69,7 +69,7 @@ class WandbImagePanels(pl.Callback):
         k = min(self.num_images, batch["image"].shape[0])
         images = batch["image"][:k]
         pixels = to_uint8(images, getattr(pl_module, "preprocess", None))
-        instance = "targets" in batch
+        instance = pl_module.task_kind == "instance"
         labels = self._class_labels(trainer, pl_module, instance)
         panels = []
         if instance:

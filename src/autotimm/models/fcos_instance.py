@@ -1,9 +1,11 @@
-"""InstanceModel: backbone -> FPN -> FCOS head (boxes, classes) + ROI mask head, with FCOS target assignment and
-post-processing beside it. A plain ``nn.Module`` (no Lightning), torchvision-detection style: given targets it
-returns the losses, otherwise the detections; ``predict_flat`` is the traceable pipeline ``export.py`` exports."""
+"""FCOSInstanceModel: backbone -> FPN -> FCOS head (boxes, classes) + ROI mask head, with FCOS target assignment
+and post-processing beside it (``fcos.py``). The architecture ``InstanceSegmentor`` builds by default
+(``conf/arch/fcos.yaml``); it follows the ``InstanceModelBase`` contract: given targets it returns its named losses,
+otherwise the detections; ``predict_flat`` is the traceable pipeline ``export.py`` exports."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -11,39 +13,71 @@ import torch.nn.functional as F
 from torch import nn
 from torchvision.ops import roi_align
 
+from .base import InstanceModelBase, scale_boxes
 from .fcos import assign_targets, decode_boxes, level_ranges, make_points, pad_targets, paste_masks, postprocess
 
 
-class InstanceModel(nn.Module):
+def build_part(part: Any, default: Callable[..., nn.Module], **required: Any) -> nn.Module:
+    """A model part given as a ready module (used as is), a factory (a class or ``functools.partial``, called with
+    the arguments only the model knows) or ``None`` (``default``, called the same way), torchvision-style."""
+    if isinstance(part, nn.Module):
+        return part
+    return (part or default)(**required)
+
+
+class FCOSInstanceModel(InstanceModelBase):
     """Args:
         backbone: feature extractor (``TimmFeatureBackbone``).
-        fpn: ``autotimm.heads.FPN`` over the backbone's levels (``strides``, ``names``).
-        head: ``autotimm.heads.FCOSHead`` over the FPN levels.
-        mask_head: a ``RoIMaskHead`` (``MaskHead``, Mask R-CNN's per-ROI head; or ``SharedMaskHead``).
-        criterion: ``autotimm.losses.InstanceSegmentationLoss`` (focal, GIoU, centerness, mask BCE and their weights).
+        num_classes: object classes (no background class).
+        fpn_channels: FPN width (P3-P7).
+        head_num_convs: convs per FCOS tower (with the default head).
+        head: the FCOS head: a module, or a factory called with ``in_channels``, ``num_classes``, ``num_levels``
+            (default ``FCOSHead`` with ``num_convs=head_num_convs``).
+        mask_head: a ``RoIMaskHead`` (``MaskHead``, Mask R-CNN's per-ROI head, by default; or ``SharedMaskHead``),
+            or a factory called with ``in_channels``, ``num_classes``, ``featmap_names``, ``featmap_strides``.
+        loss: ``InstanceSegmentationLoss`` (focal, GIoU, centerness, mask BCE and their weights), or a factory.
+        fpn: a ready FPN module (default: ``autotimm.heads.FPN`` over the backbone, P3-P7).
         score_thresh / nms_thresh / max_detections_per_image / mask_threshold: post-processing.
         center_radius: FCOS centre sampling radius, in strides.
-        category_ids: label -> dataset category id, added to predictions as ``category_ids`` when known.
-        channels_last: run convolutions in channels-last memory format.
         pre_nms_top_k: candidates per image kept (by score) before NMS; at least ``max_detections_per_image``.
         mask_rois_per_image: instances per image the mask loss trains on, sampled at random when an image holds more
             (``None``: all of them, the seed's behaviour). The per-ROI mask head's cost grows with the instance count,
             so dense scenes (hundreds per image) cap it, as Mask R-CNN's mask branch only sees its sampled ROIs.
+        channels_last: run convolutions in channels-last memory format.
+        category_ids: label -> dataset category id, added to predictions as ``category_ids`` when known.
     """
 
-    def __init__(self, backbone: nn.Module, fpn: nn.Module, head: nn.Module, mask_head: nn.Module,
-                 criterion: nn.Module, num_classes: int, score_thresh: float = 0.05, nms_thresh: float = 0.5,
-                 max_detections_per_image: int = 100, mask_threshold: float = 0.5, center_radius: float = 1.5,
-                 category_ids: list[int] | None = None, channels_last: bool = False, pre_nms_top_k: int = 1000,
-                 mask_rois_per_image: int | None = None):
+    postprocess_keys = ("score_thresh", "nms_thresh", "max_detections_per_image", "mask_threshold", "pre_nms_top_k")
+
+    def __init__(self, backbone: nn.Module, num_classes: int, fpn_channels: int = 256, head_num_convs: int = 4,
+                 head: Any = None, mask_head: Any = None, loss: Any = None, fpn: nn.Module | None = None,
+                 score_thresh: float = 0.05, nms_thresh: float = 0.5, max_detections_per_image: int = 100,
+                 mask_threshold: float = 0.5, center_radius: float = 1.5, pre_nms_top_k: int = 1000,
+                 mask_rois_per_image: int | None = None, channels_last: bool = False,
+                 category_ids: list[int] | None = None):
         super().__init__()
-        self.backbone, self.fpn, self.head, self.mask_head, self.criterion = backbone, fpn, head, mask_head, criterion
+        from ..heads.fcos import FCOSHead
+        from ..heads.fpn import FPN
+        from ..heads.mask import MaskHead
+        from ..losses.detection import InstanceSegmentationLoss
+
+        for name, v in (("fpn_channels", fpn_channels), ("max_detections_per_image", max_detections_per_image)):
+            if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+                raise ValueError(f"{name} must be an integer >= 1, got {v!r}")
+        self.backbone = backbone
+        self.fpn = fpn if fpn is not None else FPN(backbone.channels, backbone.reductions, fpn_channels)
+        width = self.fpn.out_channels
+        self.head = build_part(head, lambda **kw: FCOSHead(num_convs=head_num_convs, **kw), in_channels=width,
+                               num_classes=num_classes, num_levels=len(self.fpn.strides))
+        self.mask_head = build_part(mask_head, MaskHead, in_channels=width, num_classes=num_classes,
+                                    featmap_names=self.fpn.names[:3], featmap_strides=self.fpn.strides[:3])
+        self.criterion = build_part(loss, InstanceSegmentationLoss)
         self.num_classes = num_classes
         self.score_thresh, self.nms_thresh = float(score_thresh), float(nms_thresh)
-        self.max_detections, self.mask_threshold = int(max_detections_per_image), float(mask_threshold)
+        self.max_detections_per_image, self.mask_threshold = int(max_detections_per_image), float(mask_threshold)
         self.center_radius = center_radius
         self.pre_nms_top_k = int(pre_nms_top_k)
-        if self.pre_nms_top_k < self.max_detections:
+        if self.pre_nms_top_k < self.max_detections_per_image:
             raise ValueError(f"pre_nms_top_k ({pre_nms_top_k}) must be >= max_detections_per_image "
                              f"({max_detections_per_image}): NMS could never keep that many")
         if mask_rois_per_image is not None and (isinstance(mask_rois_per_image, bool)
@@ -51,8 +85,19 @@ class InstanceModel(nn.Module):
             raise ValueError(f"mask_rois_per_image must be an integer >= 1 or None, got {mask_rois_per_image!r}")
         self.mask_rois_per_image = mask_rois_per_image
         self.category_ids = list(category_ids) if category_ids else None
-        self.channels_last = channels_last
+        self.channels_last = bool(channels_last)
         self._points_cache: dict = {}
+
+    def _set_postprocess_value(self, key: str, value: Any) -> None:
+        if key == "max_detections_per_image" and value > self.pre_nms_top_k:
+            self.pre_nms_top_k = int(value)  # NMS must see at least as many candidates as it may keep
+        if key == "pre_nms_top_k" and value < self.max_detections_per_image:
+            raise ValueError(f"pre_nms_top_k ({int(value)}) must be >= max_detections_per_image "
+                             f"({self.max_detections_per_image})")
+        setattr(self, key, int(value) if key == "pre_nms_top_k" else value)
+
+    def compiled_modules(self) -> list[nn.Module]:
+        return [self.backbone, self.fpn, self.head]
 
     # raw outputs -------------------------------------------------------------------------------------------------
     def features(self, images: torch.Tensor) -> dict[str, Any]:
@@ -79,7 +124,7 @@ class InstanceModel(nn.Module):
 
     # training ----------------------------------------------------------------------------------------------------
     def compute_losses(self, out: dict[str, Any], targets: list[dict]) -> dict[str, torch.Tensor]:
-        """Weighted losses ``loss_cls``, ``loss_reg``, ``loss_ctr``, ``loss_mask`` and their sum ``loss``."""
+        """The criterion's weighted losses (``loss_cls``, ``loss_reg``, ``loss_ctr``, ``loss_mask``)."""
         gt_boxes, gt_labels, gt_valid = pad_targets(targets, out["cls"].device)
         pos, labels, boxes_t, ctr_t = assign_targets(out["points"], out["strides"], out["ranges"], gt_boxes,
                                                      gt_labels, gt_valid, self.center_radius)
@@ -117,7 +162,7 @@ class InstanceModel(nn.Module):
         """Indices (ascending, into the batch's instances) of at most ``mask_rois_per_image`` instances per image,
         uniformly at random without replacement; ``None`` when every instance is kept. Vectorised: one sort of
         ``image index + uniform key`` ranks the instances within their image."""
-        k = getattr(self, "mask_rois_per_image", None)  # models pickled before the option keep every ROI
+        k = self.mask_rois_per_image
         if k is None:
             return None
         counts = torch.bincount(image_index, minlength=num_images)
@@ -151,13 +196,13 @@ class InstanceModel(nn.Module):
         scores [D], labels [D] and own-class mask probabilities [D, M, M]. No Python control flow on data."""
         img, boxes, scores, labels = postprocess(out["cls"], out["reg"], out["ctr"], out["points"], out["strides"],
                                                  out["image_size"], self.score_thresh, self.nms_thresh,
-                                                 self.max_detections, getattr(self, "pre_nms_top_k", 1000))
+                                                 self.max_detections_per_image, self.pre_nms_top_k)
         probs = self.mask_head.mask_probs(out["mask_features"], img, boxes, labels)
         return img, boxes, scores, labels, probs
 
-    def detect(self, out: dict[str, Any], orig_sizes=None, valid_sizes=None) -> list[dict[str, torch.Tensor]]:
-        """One dict per image; boxes and masks at the input size, or mapped to ``orig_sizes`` (un-padding with
-        ``valid_sizes``) when given."""
+    def detect_from(self, out: dict[str, Any], orig_sizes=None, valid_sizes=None) -> list[dict[str, torch.Tensor]]:
+        """One dict per image from ``features``' outputs; boxes and masks at the input size, or mapped to
+        ``orig_sizes`` (un-padding with ``valid_sizes``) when given: mask probabilities are pasted at that size."""
         B = out["cls"].shape[0]
         img, boxes, scores, labels, probs = self.detections(out)
         counts = torch.bincount(img, minlength=B).tolist()
@@ -168,31 +213,25 @@ class InstanceModel(nn.Module):
             oh, ow = h, w  # one paste per image: images may have different original sizes
             if orig_sizes is not None:
                 oh, ow = (int(v) for v in orig_sizes[i])
-                vh, vw = (int(v) for v in valid_sizes[i]) if valid_sizes is not None else (h, w)
-                b = b * torch.tensor([ow / vw, oh / vh, ow / vw, oh / vh], device=b.device)
+                b = scale_boxes(b, orig_sizes[i], valid_sizes[i] if valid_sizes is not None else (h, w))
             masks = paste_masks(p, b, oh, ow) >= self.mask_threshold
-            res = {"boxes": b, "labels": lab, "scores": s, "masks": masks.to(torch.uint8)}
-            if self.category_ids:
-                res["category_ids"] = torch.tensor(self.category_ids, device=lab.device)[lab]
-            results.append(res)
+            results.append({"boxes": b, "labels": lab, "scores": s, "masks": masks.to(torch.uint8)})
         return results
+
+    def detect(self, images: torch.Tensor, orig_sizes=None, valid_sizes=None) -> list[dict[str, torch.Tensor]]:
+        return self.detect_from(self.features(images), orig_sizes, valid_sizes)
+
+    def losses_and_detections(self, images: torch.Tensor, targets: list[dict], orig_sizes=None, valid_sizes=None):
+        """One forward for the validation loss and the detections."""
+        out = self.features(images)
+        return self.compute_losses(out, targets), self.detect_from(out, orig_sizes, valid_sizes)
 
     def forward(self, images: torch.Tensor, targets: list[dict] | None = None):
         """With ``targets``: the losses (dict). Without: one detection dict per image at the input resolution."""
         out = self.features(images)
         if targets is not None:
             return self.compute_losses(out, targets)
-        return self.detect(out)
-
-    @torch.no_grad()
-    def predict(self, images: torch.Tensor) -> list[dict[str, torch.Tensor]]:
-        """Detections in eval mode (the previous mode is restored)."""
-        was_training = self.training
-        self.eval()
-        try:
-            return self(images)
-        finally:
-            self.train(was_training)
+        return self.detect_from(out)
 
     def predict_flat(self, images: torch.Tensor):
         """The exported pipeline: ``(image_index [D], boxes [D,4], scores [D], labels [D], masks [D,H,W] uint8)``
