@@ -1,8 +1,9 @@
 """Predict with a checkpoint: ``python predict.py ckpt_path=... input=<image or folder> output=<folder>``.
 
-Semantic: ``<stem>_mask.png`` (palette PNG of class ids) and ``<stem>_overlay.png``; ``tile_size=512 overlap=0.25``
-for sliding-window inference on large images, ``tta_hflip=true`` for flip test-time augmentation.
-Instance: ``<stem>_overlay.png`` (boxes and masks) and ``results.json`` (COCO results format).
+Semantic: ``<stem>_mask.png`` (palette PNG of class ids) and ``<stem>_overlay.png``; ``tta.mode=slide
+tta.crop_size=512`` for sliding-window inference on large images, ``tta.flip=true`` for flip test-time augmentation
+(the schema eval.py uses). Instance: ``<stem>_overlay.png`` (boxes and masks) and ``results.json`` (COCO results
+format) of the detections above ``score_thresh`` (0.5 by default).
 """
 
 import os

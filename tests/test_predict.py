@@ -44,7 +44,7 @@ def test_predict_semantic_folder_with_tiles_and_flip(tmp_path):
     save(SemanticSegmentor(TINY, num_classes=4), tmp_path / "sem.ckpt")
     sizes = images(tmp_path / "in")
     run("predict.py", f"ckpt_path={tmp_path / 'sem.ckpt'}", f"input={tmp_path / 'in'}", f"output={tmp_path / 'out'}",
-        "tile_size=64", "overlap=0.25", "tta_hflip=true", f"paths.log_dir={tmp_path}/logs")
+        "tta.mode=slide", "tta.crop_size=64", "tta.stride=48", "tta.flip=true", f"paths.log_dir={tmp_path}/logs")
     for stem, (h, w) in sizes.items():
         mask = Image.open(tmp_path / "out" / f"{stem}_mask.png")
         assert mask.mode == "P" and mask.size == (w, h)  # class ids at the image's own size
@@ -69,3 +69,12 @@ def test_predict_instance_writes_overlays_and_coco_results(tmp_path):
         assert r["segmentation"]["size"] == [h, w]
     for stem, (h, w) in sizes.items():
         assert Image.open(tmp_path / "out" / f"{stem}_overlay.png").size == (w, h)
+
+    # score_thresh is applied by the model: a threshold at the median score keeps only the detections above it
+    scores = sorted(r["score"] for r in results)
+    thresh = scores[len(scores) // 2]
+    run("predict.py", f"ckpt_path={tmp_path / 'inst.ckpt'}", f"input={tmp_path / 'in'}",
+        f"output={tmp_path / 'high'}", f"score_thresh={thresh}", f"paths.log_dir={tmp_path}/logs")
+    high = json.loads((tmp_path / "high" / "results.json").read_text())
+    assert 0 < len(high) < len(results) and all(r["score"] > thresh - 1e-5 for r in high)
+    assert sum(s > thresh + 1e-5 for s in scores) <= len(high) <= sum(s > thresh - 1e-5 for s in scores)

@@ -102,4 +102,5 @@ def test_fixed_size_backbone_built_for_the_training_size_and_named_when_a_size_d
     for shape in [(50, 90, 3), (120, 70, 3)]:
         assert predict_semantic(model, rng.integers(0, 255, shape, dtype=np.uint8)).shape == shape[:2]
     with pytest.raises(ValueError, match=r"backbone test_vit_relpos cannot take a 96x96 input .* built for 64x64"):
-        predict_semantic(model, rng.integers(0, 255, (100, 100, 3), dtype=np.uint8), tile_size=96)
+        predict_semantic(model, rng.integers(0, 255, (100, 100, 3), dtype=np.uint8),
+                         tta={"mode": "slide", "crop_size": 96})

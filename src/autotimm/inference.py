@@ -13,7 +13,7 @@ import torch
 from pycocotools import mask as mask_utils
 
 from .data.transforms import CV2_INTERPOLATION, DEFAULT_PREPROCESS, eval_finish, eval_resize
-from .tta import TTA, pad_to, tta_logits
+from .tta import TTA, as_tta, pad_to, tta_logits
 from .tta import sliding_window_logits as tta_sliding_window
 
 
@@ -57,23 +57,24 @@ def guarded_forward(model):
             name = getattr(getattr(model.backbone, "config", None), "model_name", "?")
             size = model_preprocess(model).get("image_size")
             raise ValueError(f"backbone {name} cannot take a {x.shape[-2]}x{x.shape[-1]} input ({e}); it was built "
-                             f"for {size}x{size}: predict at that size (image_size={size}, or tile_size={size} for "
-                             f"sliding windows)") from e
+                             f"for {size}x{size}: predict at that size (image_size={size}, or tta.mode=slide "
+                             f"tta.crop_size={size} for sliding windows)") from e
 
     return forward
 
 
 @torch.no_grad()
-def predict_semantic(model, image: np.ndarray, image_size: int | None = None, tile_size: int | None = None,
-                     overlap: float = 0.25, hflip: bool = False, scales: list[float] | None = None) -> np.ndarray:
+def predict_semantic(model, image: np.ndarray, image_size: int | None = None,
+                     tta: TTA | dict | None = None) -> np.ndarray:
     """Class ids [H, W] at the image's own resolution.
 
-    Whole image (default): exactly the validation pipeline at the model's ``preprocess.image_size`` (or
-    ``image_size``): longest side resized, padded to a square, logits cropped and resized back before the argmax.
-    A model that does not know its training size runs the image at its own size, padded to the backbone's stride.
-    ``tile_size`` switches to sliding-window inference over the image at its own size (resized first when
-    ``image_size`` is given); ``hflip`` averages the logits with the flipped image's, ``scales`` over rescaled
-    copies (``autotimm.tta``: the same implementation ``eval.py`` and the validation loop use).
+    ``tta`` (``autotimm.tta.TTA``: ``scales``, ``flip``, ``mode``, ``crop_size``, ``stride``; the schema ``eval.py``
+    uses) averages the logits of several views at the original resolution before the argmax. ``mode: whole`` (the
+    default) runs exactly the validation pipeline at the model's ``preprocess.image_size`` (or ``image_size``):
+    longest side resized, padded to a square, logits cropped and resized back; a model that does not know its
+    training size runs the image at its own size, padded to the backbone's stride. ``mode: slide`` runs windows of
+    ``crop_size`` pixels every ``stride`` pixels over the image at its own size (resized first when ``image_size`` is
+    given): large images at the scale the model was trained on.
     """
     model.eval()
     device = next(model.parameters()).device
@@ -81,19 +82,14 @@ def predict_semantic(model, image: np.ndarray, image_size: int | None = None, ti
     multiple = int(pre.get("pad_multiple") or model.backbone.output_stride)
     forward = guarded_forward(model)
     h0, w0 = image.shape[:2]
-    scales = list(scales or [1.0])
-    if tile_size:
-        if not 0 <= overlap < 1:
-            raise ValueError(f"overlap must be in [0, 1), got {overlap}")
+    tta = as_tta(tta) or TTA()
+    if tta.mode == "slide":
         if image_size:
             s = image_size / max(h0, w0)
             image = cv2.resize(image, (max(1, round(w0 * s)), max(1, round(h0 * s))),
                                interpolation=CV2_INTERPOLATION[pre["interpolation"]])
-        tta = TTA(scales=scales, flip=hflip, mode="slide", crop_size=tile_size,
-                  stride=max(1, int(round(tile_size * (1 - overlap)))))
         logits = tta_logits(forward, to_tensor(image, device, pre), tta, multiple, out_size=(h0, w0))
     else:
-        tta = TTA(scales=scales, flip=hflip)
         size = image_size or pre.get("image_size")
         if size:
             x, valid = eval_input(image, pre, int(size), device)
@@ -104,10 +100,16 @@ def predict_semantic(model, image: np.ndarray, image_size: int | None = None, ti
 
 
 @torch.no_grad()
-def predict_instance(model, image: np.ndarray, image_size: int | None = None) -> dict[str, torch.Tensor]:
+def predict_instance(model, image: np.ndarray, image_size: int | None = None,
+                     tta: TTA | dict | None = None) -> dict[str, torch.Tensor]:
     """Detections at the image's own resolution (boxes, labels, scores, masks; category_ids when known), through
     the validation pipeline at the model's ``preprocess.image_size`` (or ``image_size``); a model that does not
-    know its training size runs the image at its own size, padded to the backbone's stride."""
+    know its training size runs the image at its own size, padded to the backbone's stride. The model's own
+    post-processing settings apply (``model.model.set_postprocess``)."""
+    tta = as_tta(tta)
+    if tta is not None and not tta.identity:
+        raise ValueError(f"tta: {tta} is not available for instance models; use the defaults (whole image, scale 1, "
+                         f"no flip)")
     model.eval()
     device = next(model.parameters()).device
     pre = model_preprocess(model)
@@ -119,8 +121,7 @@ def predict_instance(model, image: np.ndarray, image_size: int | None = None) ->
         x, (vh, vw) = to_tensor(image, device, pre), (h0, w0)
         multiple = int(pre.get("pad_multiple") or 32)
         x = pad_to(x, math.ceil(vh / multiple) * multiple, math.ceil(vw / multiple) * multiple)
-    net = model.model
-    return net.detect(net.features(x), torch.tensor([[h0, w0]]), torch.tensor([[vh, vw]]))[0]
+    return model.model.predict(x, torch.tensor([[h0, w0]]), torch.tensor([[vh, vw]]))[0]
 
 
 def palette(n: int) -> np.ndarray:

@@ -1,25 +1,31 @@
-"""Predict on an image or a folder with a checkpoint (``python predict.py ckpt_path=... input=... output=...``)."""
+"""Predict on an image or a folder with a checkpoint (``python predict.py ckpt_path=... input=... output=...``).
+
+What runs is decided by the task kind the checkpoint records (``autotimm.tasks.load_task``): class maps for a
+semantic model, detections for an instance model (above ``score_thresh``: 0.5 by default for pictures, as
+detectron2's demo; evaluation keeps the model's own low threshold, which AP needs)."""
 
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
+import numpy as np
 import torch
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
 from ..data.dataset import read_image
 from ..data.formats.base import IMAGE_EXTS
 from ..inference import coco_results, predict_instance, predict_semantic, save_instance, save_semantic, write_json
-from ..tasks import InstanceSegmentor, SemanticSegmentor
+from ..models.base import POSTPROCESS_KEYS
+from ..tasks import load_task as _load_task
+from ..tta import as_tta
 from .common import log, untrusted_checkpoint
 
 
 def load_task(ckpt: Path, device: str = "cpu"):
-    """The task a checkpoint holds (semantic or instance, told by its hyper-parameters), loaded weights-only."""
+    """The task a checkpoint holds (its recorded kind), loaded weights-only."""
     with untrusted_checkpoint(ckpt):
-        hparams = torch.load(ckpt, map_location="cpu", weights_only=True).get("hyper_parameters", {})
-        cls = InstanceSegmentor if "mask_size" in hparams else SemanticSegmentor
-        return cls.load_from_checkpoint(str(ckpt), map_location=device, weights_only=True).eval()
+        return _load_task(ckpt, device)
 
 
 def list_inputs(path: Path) -> list[Path]:
@@ -33,33 +39,42 @@ def list_inputs(path: Path) -> list[Path]:
     raise FileNotFoundError(f"input: {path} does not exist")
 
 
-def predict(cfg: DictConfig) -> dict:
+def _semantic(model, image: np.ndarray, cfg: DictConfig, tta, out_dir: Path, stem: str) -> list[dict]:
+    classes = predict_semantic(model, image, cfg.get("image_size"), tta)
+    save_semantic(image, classes, out_dir, stem, model.num_classes)
+    return []
+
+
+def _instance(model, image: np.ndarray, cfg: DictConfig, tta, out_dir: Path, stem: str) -> list[dict]:
+    pred = predict_instance(model, image, cfg.get("image_size"), tta)
+    save_instance(image, pred, out_dir, stem)
+    return coco_results(pred, stem)
+
+
+# task kind -> (predict and write one image, whether it writes COCO results.json)
+RUNNERS = {"semantic": (_semantic, False), "instance": (_instance, True)}
+
+
+def predict(cfg: DictConfig) -> dict[str, Any]:
     ckpt = Path(str(cfg.ckpt_path))
     if not ckpt.is_file():
         raise FileNotFoundError(f"ckpt_path: {ckpt} does not exist")
     device = "cuda" if cfg.get("device", "auto") == "auto" and torch.cuda.is_available() else \
         ("cpu" if cfg.get("device", "auto") == "auto" else str(cfg.device))
     model = load_task(ckpt, device)
-    if isinstance(model, InstanceSegmentor) and cfg.get("score_thresh") is not None:
-        model.score_thresh = float(cfg.score_thresh)
+    run_one, writes_results = RUNNERS[model.task_kind]
+    tta = as_tta(OmegaConf.to_container(cfg.tta, resolve=True)) if cfg.get("tta") else None
+    settings = {k: cfg.get(k) for k in POSTPROCESS_KEYS if cfg.get(k) is not None}
+    if settings and model.task_kind == "instance":  # post-processing lives on the model: change it there
+        model.model.set_postprocess(**settings)
+        log.info("post-processing: %s", model.model.postprocess)
     inputs = list_inputs(Path(str(cfg.input)))
     out_dir = Path(str(cfg.output))
     out_dir.mkdir(parents=True, exist_ok=True)
-    results, written = [], 0
+    results: list[dict] = []
     for path in inputs:  # one image at a time: sizes differ
-        image = read_image(path)
-        stem = path.stem
-        if isinstance(model, InstanceSegmentor):
-            pred = predict_instance(model, image, cfg.get("image_size"))
-            save_instance(image, pred, out_dir, stem)
-            results += coco_results(pred, stem)
-        else:
-            classes = predict_semantic(model, image, cfg.get("image_size"), cfg.get("tile_size"),
-                                       float(cfg.get("overlap", 0.25)), bool(cfg.get("tta_hflip", False)),
-                                       list(cfg.get("tta_scales") or [1.0]))
-            save_semantic(image, classes, out_dir, stem, model.num_classes)
-        written += 1
-    if isinstance(model, InstanceSegmentor):
+        results += run_one(model, read_image(path), cfg, tta, out_dir, path.stem)
+    if writes_results:
         write_json(out_dir / "results.json", results)
-    log.info("wrote predictions for %d image(s) to %s", written, out_dir)
-    return {"images": written, "output": str(out_dir)}
+    log.info("wrote predictions for %d image(s) to %s", len(inputs), out_dir)
+    return {"images": len(inputs), "output": str(out_dir), "detections": len(results)}
