@@ -59,8 +59,8 @@ def test_train_then_eval_subprocess(tmp_path, shapes_root):
 def test_instance_train_eval_and_mask_size_multirun(tmp_path, shapes_root):
     common = [f"paths.log_dir={tmp_path}/outputs", f"dataset.data_dir={shapes_root}", "dataset.num_train=24",
               "dataset.num_val=8", "dataset.source_size=64", "dataset.seed=3", "dataset.image_size=64",
-              "dataset.batch_size=8", "dataset.num_workers=0", "backbone=test_resnet", "model.fpn_channels=32",
-              "model.head_num_convs=1", "head.num_convs=1", "trainer.check_val_every_n_epoch=1"]
+              "dataset.batch_size=8", "dataset.num_workers=0", "backbone=test_resnet", "arch.fpn_channels=32",
+              "arch.head_num_convs=1", "head.num_convs=1", "trainer.check_val_every_n_epoch=1"]
     run("train.py", "experiment=instance_shapes", *common, "trainer.max_epochs=1", "test=true")
     out = next((tmp_path / "outputs" / "instance_shapes" / "runs").iterdir())
     metrics = json.loads((out / "metrics.json").read_text())

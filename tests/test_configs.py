@@ -14,7 +14,7 @@ import autotimm
 from autotimm.cli.common import instantiate_group
 
 CONF = Path(__file__).resolve().parents[1] / "conf"
-GROUPS = ["backbone", "head", "loss", "dataset", "augmentation", "trainer", "model", "logger", "callbacks",
+GROUPS = ["backbone", "head", "loss", "dataset", "augmentation", "trainer", "model", "arch", "logger", "callbacks",
           "experiment", "debug", "hparams_search", "launcher", "paths", "hydra"]
 
 
@@ -50,7 +50,8 @@ def is_mask_head(option: str) -> bool:
 
 
 # options that belong to the instance model are composed with model=instance
-INSTANCE_OPTIONS = {("head", o) for o in options("head") if is_mask_head(o)} | {
+INSTANCE_OPTIONS = {("head", o) for o in options("head") if is_mask_head(o)} | {("arch", o) for o in options("arch")} \
+    | {
     ("loss", "instance"), ("dataset", "shapes_instance"), ("model", "instance"), ("experiment", "instance_shapes"),
     ("experiment", "recipe/shapes_instance"), ("dataset", "shapes_dense"), ("experiment", "instance_dense"),
     ("experiment", "ablate_mask_size"), ("hparams_search", "optuna_instance")}
@@ -84,14 +85,20 @@ def test_compose_and_instantiate(tmp_path, group, option):
     assert cfg.model.num_classes == cfg.dataset.num_classes
     if not instance:
         assert cfg.model.ignore_index == cfg.dataset.ignore_index
-    if group in ("backbone", "head", "loss", "model", "experiment", "dataset"):
+    if group in ("backbone", "head", "loss", "model", "arch", "experiment", "dataset"):
         model = instantiate(cfg.model)
         size = 64 if cfg.backbone.model_name != "vit_small_patch16_224" else cfg.dataset.image_size
         x = torch.randn(1, 3, size, size)
         if instance:
+            from hydra.utils import get_class
+
             assert isinstance(model, autotimm.InstanceSegmentor)
-            assert model.mask_head.mask_size == cfg.head.mask_size
-            assert model.mask_loss_weight == cfg.loss.mask_loss_weight
+            assert isinstance(model.model, get_class(cfg.arch._target_))  # the arch YAML's target is what trains
+            # mask_size means the same for every architecture: the head group's
+            mask_size = getattr(model.model, "mask_size", None) or model.model.mask_head.mask_size
+            assert mask_size == cfg.head.mask_size
+            if isinstance(model.model, autotimm.models.FCOSInstanceModel):
+                assert model.mask_loss_weight == cfg.loss.mask_loss_weight
             assert isinstance(model.predict(x), list)
         else:
             assert isinstance(model, autotimm.SemanticSegmentor)

@@ -77,7 +77,7 @@ def test_offline_wandb_run_files(tmp_path, shapes_root, monkeypatch, instance):
     from test_cli import run
 
     monkeypatch.setenv("WANDB_MODE", "offline")
-    extra = ["experiment=instance_shapes", "model.fpn_channels=32", "model.head_num_convs=1", "head.num_convs=1",
+    extra = ["experiment=instance_shapes", "arch.fpn_channels=32", "arch.head_num_convs=1", "head.num_convs=1",
              "trainer.check_val_every_n_epoch=1"] if instance else []
     run("train.py", "logger=wandb", *extra, f"paths.log_dir={tmp_path}/outputs", f"dataset.data_dir={shapes_root}",
         "dataset.num_train=24", "dataset.num_val=8", "dataset.source_size=64", "dataset.seed=3",
