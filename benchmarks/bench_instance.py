@@ -95,7 +95,7 @@ def train_flops_of(run) -> float:
 
 def parts_table(model, images, targets, steps: int, rate: float):
     """Training FLOPs (forward + backward, ``torch.utils.flop_counter``) and time (forward + backward) of each part
-    of ``InstanceModel``'s training step, each on detached inputs, against the machine's fp32 matmul rate."""
+    of ``FCOSInstanceModel``'s training step, each on detached inputs, against the machine's fp32 matmul rate."""
     from autotimm.models.fcos import assign_targets, decode_boxes, pad_targets
 
     m = model.model
@@ -286,7 +286,7 @@ def bench_dense(args):
     size, batch = int(cfg.dataset.image_size), int(cfg.dataset.batch_size)
     net = model.model
     print(f"experiment=instance_dense {' '.join(args.override or [])}: {size}x{size}, batch {batch}, "
-          f"backbone stages {net.backbone.channels}, FPN {cfg.model.fpn_channels}, "
+          f"backbone stages {net.backbone.channels}, FPN {cfg.arch.fpn_channels}, "
           f"mask head {cfg.head.get('num_convs', 4)} x {cfg.head.conv_channels}, "
           f"mask_rois_per_image {net.mask_rois_per_image}\n")
     images, boxes, labels, masks = synthetic_batch(batch, size, per_image=300, extent=(6 / size, 23 / size))
@@ -306,7 +306,7 @@ def bench_dense(args):
     x = torch.randn(1, 3, size, size)
     model.eval()
     for n in (300, 1000):
-        net.score_thresh, net.nms_thresh, net.max_detections, net.pre_nms_top_k = 0.0, 1.0, n, max(2000, n)
+        net.set_postprocess(score_thresh=0.0, nms_thresh=1.0, max_detections_per_image=n, pre_nms_top_k=max(2000, n))
         got = len(model.predict(x)[0]["boxes"])  # fewer than n only if the untrained boxes clamp to nothing
         t = time_steps(lambda: model.predict(x), max(3, args.steps // 2), warmup=1)
         print(f"| predict ms / image, {got} detections (masks pasted at {size}x{size}) | {t * 1000:.0f} |")

@@ -160,19 +160,22 @@ def main():
     x = torch.randn(args.batch, 3, args.size, args.size, generator=torch.Generator().manual_seed(1))
     ctx = torch.inference_mode if args.public else torch.no_grad
 
-    if args.mask_heads:
+    if args.mask_heads:  # batch of one image: what a user predicting pictures one at a time sees
         heads = {"head=mask (Mask R-CNN per-ROI)": {"_target_": "autotimm.heads.MaskHead"},
                  "head=mask_shared": {"_target_": "autotimm.heads.SharedMaskHead"}}
+        x1 = x[:1]
+        print("batch of 1 image\n")
         print("| mask head | detections / image | predict ms / image | mask branch GFLOP / image |")
         print("|---|---:|---:|---:|")
         for name, spec in heads.items():
             model = trained(args, False, mask_head=spec)
             for n in args.counts:
-                set_postprocess(model, False, score_thresh=0.0, nms_thresh=1.0, max_detections_per_image=n)
-                count, _, branch = parts_ours(model, x)
+                set_postprocess(model, False, score_thresh=0.0, nms_thresh=1.0, max_detections_per_image=n,
+                                pre_nms_top_k=max(1000, n))
+                count, _, branch = parts_ours(model, x1)
                 with ctx():
-                    sec = time_steps(lambda m=model: m.predict(x), args.steps, warmup=1) / args.batch
-                    g = gflops(branch) / args.batch
+                    sec = time_steps(lambda m=model: m.predict(x1), args.steps, warmup=1)
+                    g = gflops(branch)
                 print(f"| {name} | {count:.0f} | {sec * 1e3:.1f} | {g:.1f} |")
         return
 

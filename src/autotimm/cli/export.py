@@ -21,6 +21,10 @@ def export(cfg: DictConfig) -> Path:
     out = Path(str(cfg.output)) if cfg.get("output") else ckpt.with_suffix(suffix)
     size = cfg.get("image_size") or model.preprocess.get("image_size") or 128
     path = export_model(model, out, fmt, int(size))
-    log.info("exported %s to %s (%s): %s", ckpt.name, path, fmt, EXPORTED[model.task_kind])
+    what = EXPORTED[model.task_kind]
+    fixed = getattr(model.model, "export_batch_size", None)
+    if fixed:
+        what += f"; batch fixed at {fixed} ({type(model.model).__name__} loops over images), size dynamic"
+    log.info("exported %s to %s (%s): %s", ckpt.name, path, fmt, what)
     print(path)
     return path

