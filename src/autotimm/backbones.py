@@ -8,15 +8,20 @@ The contract (timm's ``feature_info``): a backbone returns a list of NCHW featur
 from __future__ import annotations
 
 import logging
+import os
+import socket
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
 from typing import Any
+from urllib.parse import urlparse
 
 import timm
 import torch
 from torch import nn
 
 log = logging.getLogger("autotimm")
+WEIGHT_SUFFIXES = (".safetensors", ".pth", ".pt", ".bin")
 
 
 @dataclass
@@ -39,6 +44,10 @@ class FeatureBackboneConfig:
             ``dynamic_img_size`` so any size works.
         extra_kwargs: anything else for ``timm.create_model`` (``None``: nothing), e.g. timm ResNet's own width
             arguments ``{"channels": [32, 64, 128, 256]}`` for a half-width ResNet-18.
+        weights: a local weights file for the model (``.safetensors``, ``.pth``, ``.pt`` or ``.bin``, as timm or
+            the hub write them), loaded through timm's own pretrained path (``pretrained_cfg_overlay=dict(file=...)``),
+            so the pretrained config's mean/std still come with it; for compute nodes without network access.
+            Implies ``pretrained``.
     """
 
     model_name: str
@@ -49,6 +58,7 @@ class FeatureBackboneConfig:
     drop_rate: float = 0.0
     img_size: int | None = None
     extra_kwargs: dict[str, Any] = field(default_factory=dict)
+    weights: str | None = None
 
     def __post_init__(self):
         if self.extra_kwargs is None:
@@ -61,6 +71,14 @@ class FeatureBackboneConfig:
         if not (os_ is None or os_ == "auto" or (isinstance(os_, int) and not isinstance(os_, bool) and os_ > 0)):
             raise ValueError(f"backbone.output_stride: expected a positive integer (8, 16, 32), 'auto' or null, "
                              f"got {os_!r}")
+        if self.weights is not None:
+            path = Path(str(self.weights)).expanduser()
+            if path.suffix.lower() not in WEIGHT_SUFFIXES:
+                raise ValueError(f"backbone.weights: {path} is not a weights file timm reads; expected one of "
+                                 f"{list(WEIGHT_SUFFIXES)}")
+            if not path.is_file():
+                raise FileNotFoundError(f"backbone.weights: {path} does not exist")
+            self.weights = str(path)
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
@@ -122,7 +140,12 @@ class TimmFeatureBackbone(nn.Module):
                  preferred_output_stride: int | None = None):
         super().__init__()
         cfg = as_backbone_config(config)
-        kwargs: dict[str, Any] = dict(features_only=True, pretrained=cfg.pretrained)
+        kwargs: dict[str, Any] = dict(features_only=True, pretrained=cfg.pretrained or cfg.weights is not None)
+        if cfg.weights is not None:  # timm's own pretrained path, from a file: the pretrained config stays
+            kwargs["pretrained_cfg_overlay"] = {"file": cfg.weights}
+            log.info("backbone %s: weights from %s", cfg.model_name, cfg.weights)
+        elif cfg.pretrained:
+            ensure_weights_reachable(cfg.model_name)
         if cfg.out_indices is not None:
             kwargs["out_indices"] = tuple(cfg.out_indices)
         if isinstance(cfg.output_stride, int):
@@ -189,14 +212,58 @@ def _create(name: str, kwargs: dict[str, Any], image_size: int | None = None) ->
                 continue
         return timm.create_model(name, **attempts[-1], **kwargs)
     except (OSError, RuntimeError) as e:
-        if kwargs.get("pretrained") and ("connect" in str(e).lower() or "offline" in str(e).lower()
-                                         or "resolve" in str(e).lower() or isinstance(e, OSError)):
-            raise RuntimeError(
-                f"could not load pretrained weights for backbone {name!r}: {e}. Without network access, use "
-                f"FeatureBackboneConfig(model_name={name!r}, pretrained=False) (Hydra: backbone.pretrained=false) "
-                "or put the weights in the Hugging Face cache."
-            ) from e
+        if kwargs.get("pretrained") and "pretrained_cfg_overlay" not in kwargs and (
+                "connect" in str(e).lower() or "offline" in str(e).lower() or "resolve" in str(e).lower()
+                or isinstance(e, OSError)):
+            raise RuntimeError(f"could not load pretrained weights for backbone {name!r}: {e}. "
+                               f"{_OFFLINE_HINT.format(name=name)}") from e
         raise
+
+
+_OFFLINE_HINT = ("Without network access, give the weights as a file (backbone.weights=/path/to/{name}.safetensors, "
+                 ".pth or .bin; Python: FeatureBackboneConfig({name!r}, weights=...)), or put them in the Hugging "
+                 "Face cache (HF_HOME) on a machine with network access first; backbone.pretrained=false trains from "
+                 "scratch.")
+
+
+def _reachable(host: str, port: int = 443, timeout: float = 3.0) -> bool:
+    try:
+        with socket.create_connection((host, port), timeout=timeout):
+            return True
+    except OSError:
+        return False
+
+
+def ensure_weights_reachable(name: str) -> None:
+    """Fail fast, naming the options, when a model's pretrained weights are neither cached nor downloadable: the
+    hub would retry for ~40 s and suggest only its cache. Cached weights (Hugging Face or torch hub cache) and a
+    reachable host pass; the download itself stays timm's."""
+    from timm.models import get_pretrained_cfg
+
+    cfg = get_pretrained_cfg(name)
+    if cfg is None:
+        return  # timm reports models without pretrained weights itself
+    if cfg.hf_hub_id:
+        try:
+            from huggingface_hub import try_to_load_from_cache
+        except ImportError:  # pragma: no cover - timm needs huggingface_hub for hub weights
+            return
+        files = [cfg.hf_hub_filename] if cfg.hf_hub_filename else ["model.safetensors", "pytorch_model.bin"]
+        repo = cfg.hf_hub_id.split("@")[0]
+        if any(isinstance(try_to_load_from_cache(repo, f), str) for f in files):
+            return
+        host = urlparse(os.environ.get("HF_ENDPOINT") or "https://huggingface.co").hostname or "huggingface.co"
+        offline = os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes", "on")
+    elif cfg.url:
+        if (Path(torch.hub.get_dir()) / "checkpoints" / Path(urlparse(cfg.url).path).name).is_file():
+            return
+        host, offline = urlparse(cfg.url).hostname or "", False
+    else:
+        return
+    if offline or not _reachable(host):
+        why = "HF_HUB_OFFLINE is set" if offline else f"{host} cannot be reached"
+        raise RuntimeError(f"backbone {name!r}: pretrained weights are not in the local cache and {why}. "
+                           f"{_OFFLINE_HINT.format(name=name)}")
 
 
 # --------------------------------------------------------------------------------------------- preprocessing

@@ -154,7 +154,7 @@ class InstanceSegmentor(BaseTask):
             model.category_ids = list(category_ids)
         model.channels_last = channels_last is True
         preprocess = resolve_preprocess(model.backbone, preprocess)
-        backbone = {**backbone_cfg.to_dict(), "pretrained": False}
+        backbone = {**backbone_cfg.to_dict(), "pretrained": False, "weights": None}  # the checkpoint holds them
         metrics = self._metrics_as_data(metrics)
         if isinstance(logging_config, LoggingConfig):
             logging_config = logging_config.to_dict()

@@ -121,7 +121,7 @@ class SemanticSegmentor(BaseTask):
         preprocess = resolve_preprocess(model.backbone, preprocess)
 
         # hparams are plain data; weights come from the checkpoint, so reloading never downloads them again
-        backbone = {**backbone_cfg.to_dict(), "pretrained": False}
+        backbone = {**backbone_cfg.to_dict(), "pretrained": False, "weights": None}  # the checkpoint holds them
         head, loss = head_spec, loss_spec
         metrics = self._metrics_as_data(metrics)
         if isinstance(logging_config, LoggingConfig):

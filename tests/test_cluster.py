@@ -1,0 +1,143 @@
+"""What researchers on shared clusters need: pretrained weights from a file on offline nodes, test metrics computed
+on the test split (or said to be on val), sweeps that resume."""
+
+import time
+
+import pytest
+import timm
+import torch
+from timm.models import _hub
+
+from autotimm import FeatureBackboneConfig, InstanceSegmentor, SemanticSegmentor
+
+
+@pytest.fixture(scope="module")
+def timm_weights(tmp_path_factory):
+    """A test_resnet written by timm itself (save_for_hf: model.safetensors and pytorch_model.bin), and a .pth."""
+    d = tmp_path_factory.mktemp("weights")
+    torch.manual_seed(7)
+    model = timm.create_model("test_resnet", pretrained=False)
+    _hub.save_for_hf(model, str(d), safe_serialization="both")
+    torch.save(model.state_dict(), d / "test_resnet.pth")
+    return d, model.state_dict()
+
+
+@pytest.mark.parametrize("name", ["model.safetensors", "pytorch_model.bin", "test_resnet.pth"])
+def test_backbone_weights_from_a_file(timm_weights, name):
+    folder, want = timm_weights
+    task = SemanticSegmentor(FeatureBackboneConfig("test_resnet", weights=str(folder / name)), num_classes=3)
+    got = task.backbone.body.state_dict()
+    shared = [k for k in got if k in want]
+    assert len(shared) == len(got) > 50 and all(torch.equal(got[k], want[k]) for k in shared)
+    # the pretrained config's preprocessing comes with the weights, as with hub weights
+    data = timm.data.resolve_model_data_config(timm.create_model("test_resnet", pretrained=False))
+    assert task.preprocess["mean"] == pytest.approx(list(data["mean"]))
+    assert task.preprocess["std"] == pytest.approx(list(data["std"]))
+    # the checkpoint holds the weights: reloading never reads the file again
+    assert task.hparams.backbone["weights"] is None and task.hparams.backbone["pretrained"] is False
+    inst = InstanceSegmentor(FeatureBackboneConfig("test_resnet", weights=str(folder / name)), num_classes=2,
+                             fpn_channels=32, head_num_convs=1)
+    assert torch.equal(inst.backbone.body.state_dict()["conv1.0.weight"], want["conv1.0.weight"])
+
+
+def test_backbone_weights_errors_name_the_field(tmp_path):
+    with pytest.raises(FileNotFoundError, match="backbone.weights: .*missing.safetensors does not exist"):
+        FeatureBackboneConfig("test_resnet", weights=str(tmp_path / "missing.safetensors"))
+    (tmp_path / "w.txt").write_text("x")
+    with pytest.raises(ValueError, match=r"backbone.weights: .*w.txt is not a weights file .*'.safetensors'"):
+        FeatureBackboneConfig("test_resnet", weights=str(tmp_path / "w.txt"))
+
+
+def test_hydra_backbone_weights(tmp_path, timm_weights):
+    from hydra.utils import instantiate
+    from test_configs import compose_cfg
+
+    folder, want = timm_weights
+    cfg = compose_cfg(tmp_path, ["backbone=test_resnet", f"backbone.weights={folder / 'model.safetensors'}"])
+    model = instantiate(cfg.model)
+    assert torch.equal(model.backbone.body.state_dict()["conv1.0.weight"], want["conv1.0.weight"])
+
+
+def test_offline_pretrained_fails_fast_naming_both_options(monkeypatch):
+    """No cached weights and no network: an immediate error naming the weights file and the cache, not the hub's
+    retries. Both the offline switch and an unreachable host are caught."""
+    for offline in ("1", None):
+        if offline:
+            monkeypatch.setenv("HF_HUB_OFFLINE", offline)
+        else:
+            monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+            monkeypatch.setenv("HF_ENDPOINT", "https://unreachable.invalid")
+        start = time.perf_counter()
+        with pytest.raises(RuntimeError, match=r"backbone 'test_resnet': pretrained weights are not in the local "
+                                               r"cache .*backbone.weights=/path/to/test_resnet.safetensors.*Hugging "
+                                               r"Face cache"):
+            SemanticSegmentor(FeatureBackboneConfig("test_resnet", pretrained=True), num_classes=3)
+        assert time.perf_counter() - start < 10
+
+
+# ------------------------------------------------------------------------------------------------ the test split
+def test_test_stage_uses_a_labelled_test_split_and_says_when_there_is_none(tmp_path, caplog):
+    """format=camvid with test/ + testannot/ (and test.txt) on disk: setup("test") gives the test frames; without
+    them it falls back to val and says so (in the log, and test_on_val for metrics.json)."""
+    import logging
+    import shutil
+
+    from PIL import Image
+    from test_data_formats import write_camvid
+
+    from autotimm import SegmentationDataModule
+
+    root = write_camvid(tmp_path / "cv")
+    (root / "test").mkdir()
+    (root / "testannot").mkdir()
+    lines = []
+    for i in range(3):
+        pixels = torch.randint(0, 255, (24, 32, 3), dtype=torch.uint8).numpy()
+        Image.fromarray(pixels).save(root / "test" / f"t{i}.png")
+        labels = torch.randint(0, 11, (24, 32), dtype=torch.uint8).numpy()
+        Image.fromarray(labels).save(root / "testannot" / f"t{i}.png")
+        lines.append(f"/SegNet/CamVid/test/t{i}.png /SegNet/CamVid/testannot/t{i}.png")
+    (root / "test.txt").write_text("\n".join(lines) + "\n")
+    dm = SegmentationDataModule(root, format="camvid", image_size=32, batch_size=2, num_workers=0, num_classes=11)
+    dm.setup("test")
+    assert [s.image_id for s in dm.test_dataset.samples] == ["t0", "t1", "t2"]
+    assert (dm.test_split_used, dm.test_on_val) == ("test", False)
+    for p in ("test", "testannot"):
+        shutil.rmtree(root / p)
+    (root / "test.txt").unlink()
+    dm = SegmentationDataModule(root, format="camvid", image_size=32, batch_size=2, num_workers=0, num_classes=11)
+    with caplog.at_level(logging.WARNING):
+        dm.setup("test")
+    assert [s.image_id for s in dm.test_dataset.samples] == ["f0", "f1"]  # val's frames
+    assert (dm.test_split_used, dm.test_on_val) == ("val", True)
+    assert "no labelled test split" in caplog.text and "computed on the 'val' split" in caplog.text
+    explicit = SegmentationDataModule(root, format="camvid", image_size=32, batch_size=2, num_workers=0,
+                                      num_classes=11, test_split="val")
+    explicit.setup("test")
+    assert (explicit.test_split_used, explicit.test_on_val) == ("val", False)  # asked for: nothing to warn about
+
+
+def test_cityscapes_test_split_is_refused_not_scored(tmp_path):
+    from autotimm.data.formats import DatasetLayoutError, cityscapes
+
+    with pytest.raises(DatasetLayoutError, match="test split's labels are not public"):
+        cityscapes.load_split(tmp_path, "test")
+
+
+def test_instance_test_stage_uses_the_coco_test_split(tmp_path, shapes_root):
+    """COCO layout with a test split (annotations/instances_test.json): the instance data module tests on it; the
+    generated shapes have none and test on val, saying so."""
+    import shutil
+
+    from autotimm import InstanceSegmentationDataModule
+
+    root = tmp_path / "coco"
+    shutil.copytree(shapes_root, root)
+    shutil.copytree(root / "val", root / "test")
+    shutil.copy(root / "annotations" / "instances_val.json", root / "annotations" / "instances_test.json")
+    dm = InstanceSegmentationDataModule(root, image_size=64, batch_size=2, num_workers=0)
+    dm.setup("test")
+    assert (dm.test_split_used, dm.test_on_val) == ("test", False) and dm.test_dataset.img_dir == root / "test"
+    dm = InstanceSegmentationDataModule(shapes_root, image_size=64, batch_size=2, num_workers=0)
+    dm.setup("test")
+    assert (dm.test_split_used, dm.test_on_val) == ("val", True)
