@@ -36,6 +36,8 @@ def test_train_then_eval_subprocess(tmp_path, shapes_root):
         assert key in metrics, key
     assert metrics["monitor"] == "val/miou" and 0.0 <= metrics["val/miou"] <= 1.0
     assert metrics["global_step"] == 2 * 3  # 24 images / batch 8, two epochs
+    # the generated shapes have no test split: metrics.json says test/* come from val
+    assert metrics["test_split"] == "val" and "no labelled test split" in metrics["test_split_note"]
     assert 0 < metrics["time/fit_min"] < proc.elapsed_s / 60  # fit's wall time, within the whole process's
     assert (out / ".hydra" / "config.yaml").is_file() and (out / ".hydra" / "overrides.yaml").is_file()
     assert (out / "checkpoints" / "last.ckpt").is_file() and Path(metrics["best_model_path"]).is_file()
@@ -51,7 +53,7 @@ def test_train_then_eval_subprocess(tmp_path, shapes_root):
                "tta.scales=[0.75,1.0]", "tta.flip=true")
     evals = list((tmp_path / "outputs" / "eval" / "runs").iterdir())
     em = json.loads((evals[0] / "metrics.json").read_text())
-    assert 0.0 <= em["test/miou"] <= 1.0 and em["ckpt_path"].endswith("last.ckpt")
+    assert 0.0 <= em["test/miou"] <= 1.0 and em["ckpt_path"].endswith("last.ckpt") and em["test_split"] == "val"
     assert "test-time augmentation: TTA(scales=[0.75, 1.0], flip=True" in proc.stdout + proc.stderr
 
 

@@ -177,3 +177,15 @@ def print_summary(title: str, metrics: dict[str, Any]) -> None:
         for name, row in per_class.items():
             pc.add_row(name, *(f"{row[s]:.4f}" if s in row else "" for s in stages))
         console.print(pc)
+
+
+def record_test_split(datamodule: Any) -> dict[str, Any]:
+    """What ``metrics.json`` says about the split ``test/*`` metrics come from."""
+    split = getattr(datamodule, "test_split_used", None)
+    if split is None:
+        return {}
+    record: dict[str, Any] = {"test_split": split}
+    if getattr(datamodule, "test_on_val", False):
+        record["test_split_note"] = (f"the dataset has no labelled test split: test/* metrics were computed on the "
+                                     f"{split!r} split")
+    return record

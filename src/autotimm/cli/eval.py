@@ -15,6 +15,7 @@ from .common import (
     check_pairing,
     log,
     print_summary,
+    record_test_split,
     scalar_metrics,
     untrusted_checkpoint,
     write_metrics,
@@ -43,6 +44,6 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
     log.info("testing %s", ckpt)
     trainer.test(model, datamodule=datamodule)
     metrics = scalar_metrics(trainer.callback_metrics)
-    write_metrics(output_dir(cfg), metrics, ckpt_path=str(ckpt), status="completed")
+    write_metrics(output_dir(cfg), metrics, ckpt_path=str(ckpt), **record_test_split(datamodule), status="completed")
     print_summary(f"test metrics of {ckpt.name}", metrics)
     return metrics

@@ -19,6 +19,7 @@ from .common import (
     finish_wandb,
     log,
     print_summary,
+    record_test_split,
     remember_wandb_id,
     scalar_metrics,
     untrusted_checkpoint,
@@ -61,12 +62,14 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     metrics["time/fit_min"] = round(fit_s / 60, 3)
     ckpt_cb = trainer.checkpoint_callback
     best = getattr(ckpt_cb, "best_model_path", "") or ""
+    tested = {}
     if cfg.get("test", False):
         trainer.test(model, datamodule=datamodule, ckpt_path=best or None, weights_only=True)
         metrics.update(scalar_metrics(trainer.callback_metrics))
+        tested = record_test_split(datamodule)
     extra = {**counts, "best_model_path": best, "monitor": cfg.get("optimized_metric"),
              "best_model_score": float(ckpt_cb.best_model_score) if getattr(ckpt_cb, "best_model_score", None)
-             is not None else None, "global_step": trainer.global_step, "status": "completed"}
+             is not None else None, "global_step": trainer.global_step, **tested, "status": "completed"}
     if trainer.is_global_zero:  # under DDP every rank runs this function; one writes the results
         write_metrics(out, metrics, **extra)
         print_summary(f"final metrics ({out})", metrics)

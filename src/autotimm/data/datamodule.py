@@ -12,6 +12,7 @@ from torch.utils.data import DataLoader
 
 from .dataset import SegmentationDataset, collate_segmentation, find_corrupt
 from .formats import FORMATS, DatasetLayoutError
+from .formats.base import resolve_test_split
 from .transforms import PRESETS, ModelPreprocess, train_transforms
 
 log = logging.getLogger(__name__)
@@ -84,6 +85,8 @@ class SegmentationDataModule(ModelPreprocess, pl.LightningDataModule):
         self.skip_corrupt = skip_corrupt
         self.skipped_corrupt: list[str] = []
         self.train_dataset = self.val_dataset = self.test_dataset = None
+        self.test_split_used: str | None = None  # the split test/* metrics come from (set up for "test")
+        self.test_on_val = False  # no labelled test split: test/* metrics are the val split's
         self.class_names: list[str] | None = list(class_names) if class_names is not None else None
 
     def _split(self, name: str):
@@ -123,8 +126,11 @@ class SegmentationDataModule(ModelPreprocess, pl.LightningDataModule):
         if stage in (None, "fit", "validate") and self.val_dataset is None:
             self.val_dataset = self._dataset(self.val_split, train=False)
         if stage in (None, "test", "predict") and self.test_dataset is None:
-            split = self.test_split or self.val_split
-            self.test_dataset = self._dataset(split, train=False)
+            split, self.test_dataset = resolve_test_split(lambda name: self._dataset(name, train=False),
+                                                          self.test_split, self.val_split,
+                                                          f"format={self.format!r} at {self.data_dir}", log)
+            self.test_split_used = split
+            self.test_on_val = split == self.val_split and not self.test_split
 
     def _loader(self, ds, shuffle: bool) -> DataLoader:
         return DataLoader(ds, batch_size=self.batch_size, shuffle=shuffle, num_workers=self.num_workers,

@@ -19,7 +19,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from .dataset import find_corrupt, read_image
-from .formats.base import DatasetLayoutError
+from .formats.base import DatasetLayoutError, resolve_test_split
 from .formats.coco import anns_to_masks, find_coco_split, load_coco, resolve_inside
 from .transforms import PRESETS, ModelPreprocess, apply_eval, eval_finish, eval_resize, train_transforms
 
@@ -237,6 +237,8 @@ class InstanceSegmentationDataModule(ModelPreprocess, pl.LightningDataModule):
         self.skip_corrupt = skip_corrupt
         self.skipped_corrupt: list[str] = []
         self.train_dataset = self.val_dataset = self.test_dataset = None
+        self.test_split_used: str | None = None  # the split test/* metrics come from (set up for "test")
+        self.test_on_val = False  # no labelled test split: test/* metrics are the val split's
         self.category_ids: list[int] | None = None
         self.class_names: list[str] | None = None
 
@@ -270,7 +272,10 @@ class InstanceSegmentationDataModule(ModelPreprocess, pl.LightningDataModule):
         if stage in (None, "fit", "validate") and self.val_dataset is None:
             self.val_dataset = self._dataset(self.val_split, False)
         if stage in (None, "test", "predict") and self.test_dataset is None:
-            self.test_dataset = self._dataset(self.test_split or self.val_split, False)
+            split, self.test_dataset = resolve_test_split(lambda name: self._dataset(name, False), self.test_split,
+                                                          self.val_split, f"instance data at {self.data_dir}", log)
+            self.test_split_used = split
+            self.test_on_val = split == self.val_split and not self.test_split
 
     def _loader(self, ds, shuffle):
         return DataLoader(ds, batch_size=self.batch_size, shuffle=shuffle, num_workers=self.num_workers,

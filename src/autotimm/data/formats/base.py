@@ -72,3 +72,18 @@ def resolve_inside(folder: Path, file_name: str, where: str) -> Path:
     if not path.is_relative_to(folder.resolve()):
         raise ValueError(f"{where}: file_name {file_name!r} points outside the image folder {folder}")
     return path
+
+
+def resolve_test_split(load, test_split: str | None, val_split: str, where: str, log=None):
+    """``(split name, dataset)`` for the test stage: ``test_split`` when given; else the data's own labelled
+    ``test`` split when the format finds one on disk; else ``val_split``, said in the log (and by the data module's
+    ``test_on_val``, which ``train.py`` / ``eval.py`` write into ``metrics.json``)."""
+    if test_split:
+        return test_split, load(test_split)
+    try:
+        return "test", load("test")
+    except DatasetLayoutError as e:
+        if log is not None:
+            log.warning("%s: no labelled test split (%s): test/* metrics are computed on the %r split", where,
+                        str(e).splitlines()[0], val_split)
+        return val_split, load(val_split)

@@ -18,6 +18,9 @@ CITYSCAPES_CLASSES = ["road", "sidewalk", "building", "wall", "fence", "pole", "
 
 
 def load_split(root: Path, split: str) -> SplitData:
+    if split == "test":  # gtFine/test exists but holds placeholders: scoring on it would be meaningless
+        raise DatasetLayoutError("format='cityscapes': the test split's labels are not public (gtFine/test holds "
+                                 "placeholders); evaluate on val, or submit test predictions to the benchmark server")
     img_root, gt_root = root / "leftImg8bit" / split, root / "gtFine" / split
     for d in (img_root, gt_root):
         if not d.is_dir():
