@@ -137,7 +137,8 @@ def test_instance_test_stage_uses_the_coco_test_split(tmp_path, shapes_root):
     shutil.copy(root / "annotations" / "instances_val.json", root / "annotations" / "instances_test.json")
     dm = InstanceSegmentationDataModule(root, image_size=64, batch_size=2, num_workers=0)
     dm.setup("test")
-    assert (dm.test_split_used, dm.test_on_val) == ("test", False) and dm.test_dataset.img_dir == root / "test"
+    assert (dm.test_split_used, dm.test_on_val) == ("test", False)
+    assert dm.test_dataset.split.extra["img_dir"] == root / "test"
     dm = InstanceSegmentationDataModule(shapes_root, image_size=64, batch_size=2, num_workers=0)
     dm.setup("test")
     assert (dm.test_split_used, dm.test_on_val) == ("val", True)

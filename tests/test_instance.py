@@ -390,13 +390,14 @@ def test_strong_augmentation_keeps_boxes_masks_and_labels_in_step(shapes_root):
     dm = InstanceSegmentationDataModule(shapes_root, image_size=64, batch_size=4, num_workers=0,
                                         augmentation_preset="strong")
     dm.setup("fit")
+    coco = dm.train_dataset.split.extra["coco"]
     torch.manual_seed(0)
     np.random.seed(0)
     seen_drop = False
     for _ in range(3):
         for i in range(len(dm.train_dataset)):
             t = dm.train_dataset[i]["target"]
-            n_src = sum(1 for a in dm.train_dataset.coco.imgToAnns[dm.train_dataset.ids[i]] if not a["iscrowd"])
+            n_src = sum(1 for a in coco.imgToAnns[dm.train_dataset.samples[i].image_id] if not a["iscrowd"])
             seen_drop |= len(t["labels"]) < n_src
             assert len(t["boxes"]) == len(t["labels"]) == len(t["masks"])
             assert (t["masks"].flatten(1).sum(1) > 0).all()
@@ -556,9 +557,9 @@ def test_spec_custom_transform_coco_boxes_and_variable_sizes(shapes_root):
     ds = dm.train_dataset
     for i in range(8):
         t = ds[i]["target"]
-        src = [a for a in ds.coco.imgToAnns[ds.ids[i]] if not a["iscrowd"]]
+        src = [a for a in ds.split.extra['coco'].imgToAnns[ds.samples[i].image_id] if not a["iscrowd"]]
         assert len(t["labels"]) == len(src)  # nothing dropped by a mild rescale
-        assert sorted(t["labels"].tolist()) == sorted(ds.cat_to_label[a["category_id"]] for a in src)
+        assert sorted(t["labels"].tolist()) == sorted(dm.category_ids.index(a["category_id"]) for a in src)
         assert torch.equal(t["boxes"], torch.from_numpy(masks_to_boxes(t["masks"].numpy().astype(bool))))
     batch = next(iter(dm.train_dataloader()))
     assert batch["image"].shape[0] == 4

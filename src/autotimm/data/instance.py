@@ -1,4 +1,5 @@
-"""Instance segmentation data: COCO layouts, pycocotools decoding, joint image/box/mask augmentation.
+"""Instance segmentation data: any instance format (``instance_formats``: COCO, DSB2018, instance-id PNGs, your own),
+joint image/box/mask augmentation.
 
 Batch contract: ``{"image": [B,3,H,W], "targets": [{"boxes": float [N,4] xyxy, "labels": int64 [N] in 0..C-1,
 "masks": uint8 [N,H,W], "iscrowd": bool [N]}], "image_id": list, "orig_size": [B,2], "valid_size": [B,2]}``;
@@ -20,7 +21,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from .dataset import find_corrupt, read_image
 from .formats.base import DatasetLayoutError, resolve_test_split
-from .formats.coco import anns_to_masks, find_coco_split, load_coco, resolve_inside
+from .instance_formats import INSTANCE_FORMATS, Instances, InstanceSplit, resolve_instance_format
 from .transforms import PRESETS, ModelPreprocess, apply_eval, eval_finish, eval_resize, train_transforms
 
 log = logging.getLogger(__name__)
@@ -72,110 +73,127 @@ def to_format(boxes_xyxy: np.ndarray, fmt: str, h: int, w: int) -> np.ndarray:
     raise ValueError(f"custom_train_transforms: unsupported bbox format {fmt!r}")
 
 
-class CocoInstanceDataset(Dataset):
-    def __init__(self, img_dir: Path, ann_file: Path, transform=None, train: bool = True, image_size: int = 640,
-                 min_area: float = 0.0, min_keypoints: int = 0, skip_corrupt: bool = False,
+def id_map_boxes(id_map: np.ndarray, ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Tight xyxy boxes in pixel edges of each id's region in an instance-id map (``mask_extents``' convention,
+    without making the [N, H, W] masks), and which ids are present. One pass over the foreground pixels."""
+    n = len(ids)
+    boxes = np.tile(np.array([[0, 0, 1, 1]], np.float32), (n, 1))
+    if n == 0:
+        return boxes, np.zeros(0, bool)
+    ys, xs = np.nonzero(id_map)
+    order = np.argsort(ids)
+    pos = np.searchsorted(ids[order], id_map[ys, xs])
+    pos = np.minimum(pos, n - 1)
+    found = ids[order][pos] == id_map[ys, xs]
+    k = order[pos[found]]
+    ys, xs = ys[found], xs[found]
+    present = np.bincount(k, minlength=n) > 0
+    x1 = np.full(n, np.iinfo(np.int64).max)
+    y1 = np.full(n, np.iinfo(np.int64).max)
+    x2 = np.full(n, -1)
+    y2 = np.full(n, -1)
+    np.minimum.at(x1, k, xs)
+    np.minimum.at(y1, k, ys)
+    np.maximum.at(x2, k, xs)
+    np.maximum.at(y2, k, ys)
+    boxes[present] = np.stack([x1, y1, x2 + 1, y2 + 1], 1)[present]
+    return boxes, present
+
+
+def map_to_masks(id_map, ids: np.ndarray) -> np.ndarray:
+    """uint8 [N, H, W]: one mask per id of ``ids`` from an instance-id map (numpy or tensor)."""
+    m = id_map.numpy() if isinstance(id_map, torch.Tensor) else np.asarray(id_map)
+    if len(ids) == 0:
+        return np.zeros((0, *m.shape[-2:]), np.uint8)
+    return (m[None] == np.asarray(ids).astype(m.dtype)[:, None, None]).astype(np.uint8)
+
+
+class InstanceDataset(Dataset):
+    """Items of one split of an instance format (``instance_formats``): image, training-style targets at the
+    network's resolution, and for evaluation the original-resolution targets. Instances given as an id map (formats
+    whose instances do not overlap) go through augmentation as one map; per-instance masks are made once, after it."""
+
+    def __init__(self, split: InstanceSplit, transform=None, train: bool = True, image_size: int = 640,
                  preprocess: dict | None = None):
-        self.img_dir, self.ann_file = img_dir, ann_file
-        self.coco = load_coco(ann_file)
-        self.category_ids = sorted(self.coco.getCatIds())
-        self.cat_to_label = {c: i for i, c in enumerate(self.category_ids)}
-        self.class_names = [self.coco.cats[c]["name"] for c in self.category_ids]
-        self.ids = sorted(self.coco.getImgIds())  # images without annotations are kept
+        self.split = split
+        self.samples = split.samples
         self.transform, self.train = transform, train
-        self.min_area, self.min_keypoints = min_area, min_keypoints
         self._resize = None if (train or transform is not None) else eval_resize(image_size, preprocess)
         self._finish = None if (train or transform is not None) else eval_finish(image_size, 0, preprocess)
-        missing = []
-        for i in self.ids:
-            info = self.coco.imgs[i]
-            if not resolve_inside(img_dir, info["file_name"], f"{ann_file} image id {i}").is_file():
-                missing.append(f"{info['file_name']} (image id {i})")
-        if missing:
-            raise FileNotFoundError(f"{ann_file}: {len(missing)} image file(s) missing from {img_dir}: {missing[:5]}")
-        self.skipped_corrupt: list[str] = []
-        if skip_corrupt:
-            paths = {i: img_dir / self.coco.imgs[i]["file_name"] for i in self.ids}
-            bad = set(find_corrupt(paths.values()))
-            self.ids = [i for i in self.ids if str(paths[i]) not in bad]
-            self.skipped_corrupt = sorted(bad)
 
     def __len__(self) -> int:
-        return len(self.ids)
+        return len(self.samples)
 
-    def load(self, idx: int):
-        img_id = self.ids[idx]
-        info = self.coco.imgs[img_id]
-        path = resolve_inside(self.img_dir, info["file_name"], f"{self.ann_file} image id {img_id}")
-        image = read_image(path)
-        h, w = image.shape[:2]
-        if (h, w) != (info["height"], info["width"]):
-            raise ValueError(f"{self.ann_file}: image id {img_id} ({path}) is {w}x{h} but the annotation file says "
-                             f"{info['width']}x{info['height']}")
-        segms, labels, crowd = [], [], []
-        for a in self.coco.imgToAnns.get(img_id, []):
-            if not a.get("iscrowd", 0):
-                if float(a.get("area", 0)) < self.min_area:
-                    continue
-                if self.min_keypoints and a.get("num_keypoints", self.min_keypoints) < self.min_keypoints:
-                    continue
-            segms.append(a["segmentation"])
-            labels.append(self.cat_to_label[a["category_id"]])
-            crowd.append(bool(a.get("iscrowd", 0)))
-        masks = anns_to_masks(segms, h, w)  # one pycocotools decode for the image's instances
-        labels, crowd = np.asarray(labels, np.int64), np.asarray(crowd, bool)
-        keep = crowd | masks.any(axis=(1, 2))  # nothing to learn from an empty mask
-        if not keep.all():
-            masks, labels, crowd = masks[keep], labels[keep], crowd[keep]
-        return image, masks, labels, crowd, img_id
+    def load(self, idx: int) -> tuple[np.ndarray, Instances, Any]:
+        sample = self.samples[idx]
+        image = read_image(sample.image_path)
+        return image, self.split.read_instances(sample, *image.shape[:2]), sample.image_id
 
     def __getitem__(self, idx: int) -> dict[str, Any]:
-        image, masks, labels, crowd, img_id = self.load(idx)
+        image, inst, img_id = self.load(idx)
         h, w = image.shape[:2]
         item: dict[str, Any] = {"image_id": img_id, "orig_size": torch.tensor([h, w])}
-        if self.train:
-            keep = ~crowd
-            masks, labels = masks[keep], labels[keep]
-            fmt, fields = bbox_spec(self.transform)
-            boxes = to_format(masks_to_boxes(masks), fmt, h, w)
-            # every label field (or, without one, an extra box column) carries the instance index, so the boxes
-            # that survive the transform name the masks and labels to keep
-            index = np.arange(len(labels))
-            if not fields:
-                boxes = np.concatenate([boxes, index[:, None].astype(np.float32)], 1)
-            out = self.transform(image=image, masks=masks if len(masks) else [], bboxes=boxes,
-                                 **{f: index for f in fields})
-            kept = out[fields[0]] if fields else np.asarray(out["bboxes"]).reshape(-1, 5)[:, 4]
-            idx_kept = np.asarray(kept, dtype=np.int64)
-            # a box the transform dropped takes its mask and label with it
-            tmasks = np.asarray(out["masks"])[idx_kept].astype(np.uint8, copy=False) if len(idx_kept) \
-                else np.zeros((0, *out["image"].shape[-2:]), np.uint8)
-            tboxes, nonempty = mask_extents(tmasks)
-            if not nonempty.all():
-                tmasks, tboxes = tmasks[nonempty], tboxes[nonempty]
-            item["image"] = out["image"]
-            item["valid_size"] = torch.tensor(list(out["image"].shape[-2:]))
-            item["target"] = {"boxes": torch.from_numpy(tboxes), "labels": torch.from_numpy(labels[idx_kept][nonempty]),
-                              "masks": torch.from_numpy(tmasks), "iscrowd": torch.zeros(len(tmasks), dtype=torch.bool)}
-        else:
-            keep = ~crowd
-            net_masks = list(masks[keep])
-            out, valid = apply_eval(self._resize, self._finish, self.transform, image, masks=net_masks)
-            img = out["image"]
-            item["image"] = img
-            item["valid_size"] = torch.tensor([int(valid[0]), int(valid[1])])
-            # training-style targets at network resolution (for the validation loss)
-            tmasks = np.asarray(out["masks"]).astype(np.uint8, copy=False) if net_masks \
-                else np.zeros((0, *img.shape[-2:]), np.uint8)
-            tboxes, nonempty = mask_extents(tmasks)
-            if not nonempty.all():
-                tmasks, tboxes = tmasks[nonempty], tboxes[nonempty]
-            item["target"] = {"boxes": torch.from_numpy(tboxes), "labels": torch.from_numpy(labels[keep][nonempty]),
-                              "masks": torch.from_numpy(tmasks), "iscrowd": torch.zeros(len(tmasks), dtype=torch.bool)}
-            item["orig_target"] = {"boxes": torch.from_numpy(masks_to_boxes(masks)),
-                                   "labels": torch.from_numpy(labels), "masks": torch.from_numpy(masks.astype(bool)),
-                                   "iscrowd": torch.from_numpy(crowd)}
+        item.update(self._train_item(image, inst) if self.train else self._eval_item(image, inst))
         return item
+
+    def _train_item(self, image: np.ndarray, inst: Instances) -> dict[str, Any]:
+        h, w = image.shape[:2]
+        keep = ~inst.crowd
+        labels = inst.labels[keep]
+        if inst.id_map is not None:
+            ids = inst.ids[keep]
+            boxes, _ = id_map_boxes(inst.id_map, ids)
+            targets = {"mask": inst.id_map.astype(np.int32, copy=False)}
+        else:
+            masks = np.asarray(inst.masks)[keep]
+            boxes = masks_to_boxes(masks)
+            targets = {"masks": masks if len(masks) else []}
+        fmt, fields = bbox_spec(self.transform)
+        boxes = to_format(boxes, fmt, h, w)
+        # every label field (or, without one, an extra box column) carries the instance index, so the boxes that
+        # survive the transform name the masks and labels to keep
+        index = np.arange(len(labels))
+        if not fields:
+            boxes = np.concatenate([boxes, index[:, None].astype(np.float32)], 1)
+        out = self.transform(image=image, bboxes=boxes, **targets, **{f: index for f in fields})
+        kept = out[fields[0]] if fields else np.asarray(out["bboxes"]).reshape(-1, 5)[:, 4]
+        idx_kept = np.asarray(kept, dtype=np.int64)
+        size = tuple(out["image"].shape[-2:])
+        if inst.id_map is not None:  # a box the transform dropped takes its mask and label with it
+            tmasks = map_to_masks(out["mask"], ids[idx_kept])
+        else:
+            tmasks = np.asarray(out["masks"])[idx_kept].astype(np.uint8, copy=False) if len(idx_kept) \
+                else np.zeros((0, *size), np.uint8)
+        tboxes, nonempty = mask_extents(tmasks)
+        if not nonempty.all():
+            tmasks, tboxes = tmasks[nonempty], tboxes[nonempty]
+        return {"image": out["image"], "valid_size": torch.tensor(list(size)),
+                "target": {"boxes": torch.from_numpy(tboxes), "labels": torch.from_numpy(labels[idx_kept][nonempty]),
+                           "masks": torch.from_numpy(tmasks), "iscrowd": torch.zeros(len(tmasks), dtype=torch.bool)}}
+
+    def _eval_item(self, image: np.ndarray, inst: Instances) -> dict[str, Any]:
+        keep = ~inst.crowd
+        if inst.id_map is not None:
+            ids = inst.ids[keep]
+            out, valid = apply_eval(self._resize, self._finish, self.transform, image,
+                                    mask=inst.id_map.astype(np.int32, copy=False))
+            tmasks = map_to_masks(out["mask"], ids)
+        else:
+            net_masks = list(np.asarray(inst.masks)[keep])
+            out, valid = apply_eval(self._resize, self._finish, self.transform, image, masks=net_masks)
+            tmasks = np.asarray(out["masks"]).astype(np.uint8, copy=False) if net_masks \
+                else np.zeros((0, *out["image"].shape[-2:]), np.uint8)
+        # training-style targets at network resolution (for the validation loss)
+        tboxes, nonempty = mask_extents(tmasks)
+        if not nonempty.all():
+            tmasks, tboxes = tmasks[nonempty], tboxes[nonempty]
+        full = inst.full_masks()
+        return {"image": out["image"], "valid_size": torch.tensor([int(valid[0]), int(valid[1])]),
+                "target": {"boxes": torch.from_numpy(tboxes), "labels": torch.from_numpy(inst.labels[keep][nonempty]),
+                           "masks": torch.from_numpy(tmasks), "iscrowd": torch.zeros(len(tmasks), dtype=torch.bool)},
+                "orig_target": {"boxes": torch.from_numpy(masks_to_boxes(full)),
+                                "labels": torch.from_numpy(inst.labels), "masks": torch.from_numpy(full.astype(bool)),
+                                "iscrowd": torch.from_numpy(inst.crowd)}}
 
 
 def _pad_to(x: torch.Tensor, h: int, w: int) -> torch.Tensor:
@@ -207,11 +225,14 @@ def instance_train_transforms(preset: str, image_size: int, preprocess: dict | N
 
 
 class InstanceSegmentationDataModule(ModelPreprocess, pl.LightningDataModule):
-    """COCO instance segmentation. Args (see the API reference): data_dir, image_size, batch_size, num_workers,
-    augmentation_preset, custom_train_transforms (an albumentations ``Compose`` with ``bbox_params`` in any box
-    format; boxes, masks and labels stay in step whatever its label fields), custom_val_transforms (image only),
-    min_keypoints, min_area; plus split names, ``skip_corrupt`` and ``mean`` / ``std`` / ``interpolation`` (as
-    ``SegmentationDataModule``: by default the attached model's preprocessing).
+    """Instance segmentation data in any format of ``autotimm.data.instance_formats``. Args (see the API reference):
+    data_dir, image_size, batch_size, num_workers, augmentation_preset, custom_train_transforms (an albumentations
+    ``Compose`` with ``bbox_params`` in any box format; boxes, masks and labels stay in step whatever its label
+    fields), custom_val_transforms (image only), min_keypoints, min_area (COCO's annotation filters); plus
+    ``format`` (``coco``, the default; ``dsb2018``; ``instance_png``; or the dotted path of your own format module),
+    ``format_options`` (the format's own ``load_split`` arguments: ``dsb2018``'s ``class_map`` / ``skip_bad``,
+    ``instance_png``'s ``encoding`` / folders...), split names, ``skip_corrupt`` and ``mean`` / ``std`` /
+    ``interpolation`` (as ``SegmentationDataModule``: by default the attached model's preprocessing).
     ``category_ids[label]`` maps contiguous labels back to the dataset's category ids."""
 
     task_kind = "instance"  # the models it feeds (``InstanceSegmentor.task_kind``)
@@ -221,11 +242,21 @@ class InstanceSegmentationDataModule(ModelPreprocess, pl.LightningDataModule):
                  custom_val_transforms: Any = None, min_keypoints: int = 0, min_area: float = 0.0,
                  train_split: str = "train", val_split: str = "val", test_split: str | None = None,
                  num_classes: int | None = None, persistent_workers: bool = True, skip_corrupt: bool = False,
-                 mean: list[float] | None = None, std: list[float] | None = None, interpolation: str | None = None):
+                 mean: list[float] | None = None, std: list[float] | None = None, interpolation: str | None = None,
+                 format: str = "coco", format_options: dict | None = None):
         super().__init__()
         self._init_preprocess(mean, std, interpolation)
         if augmentation_preset not in PRESETS:
             raise ValueError(f"augmentation_preset: unknown {augmentation_preset!r}; valid: {list(PRESETS)}")
+        self.format = str(format)
+        self.format_module = resolve_instance_format(self.format, INSTANCE_FORMATS)
+        self.format_options = dict(format_options or {})
+        if self.format == "coco":
+            self.format_options.setdefault("min_area", min_area)
+            self.format_options.setdefault("min_keypoints", min_keypoints)
+        elif min_area or min_keypoints:
+            raise ValueError(f"min_area / min_keypoints filter COCO annotations; format={self.format!r} has none "
+                             f"(its own options go in format_options)")
         self.data_dir = Path(data_dir)
         self.image_size, self.batch_size, self.num_workers = int(image_size), batch_size, num_workers
         self.augmentation_preset = augmentation_preset
@@ -242,27 +273,30 @@ class InstanceSegmentationDataModule(ModelPreprocess, pl.LightningDataModule):
         self.category_ids: list[int] | None = None
         self.class_names: list[str] | None = None
 
-    def _dataset(self, split: str, train: bool) -> CocoInstanceDataset:
+    def _dataset(self, split: str, train: bool) -> InstanceDataset:
         if not self.data_dir.is_dir():
-            raise DatasetLayoutError(f"data_dir {self.data_dir} does not exist (COCO instance layout)")
-        img_dir, ann = find_coco_split(self.data_dir, split)
+            raise DatasetLayoutError(f"data_dir {self.data_dir} does not exist (format={self.format!r})")
+        data = self.format_module.load_split(self.data_dir, split, **self.format_options)
+        if self.skip_corrupt:
+            bad = set(find_corrupt([s.image_path for s in data.samples]))
+            if bad:
+                data.samples = [s for s in data.samples if str(s.image_path) not in bad]
+                self.skipped_corrupt += sorted(bad)
+                log.warning("%s split %r: skipped %d corrupt image(s) (skip_corrupt=True)", self.format, split,
+                            len(bad))
         tf = (self.custom_train_transforms or instance_train_transforms(self.augmentation_preset, self.image_size,
                                                                         self.preprocess)) \
             if train else self.custom_val_transforms
-        ds = CocoInstanceDataset(img_dir, ann, tf, train=train, image_size=self.image_size, min_area=self.min_area,
-                                 min_keypoints=self.min_keypoints, skip_corrupt=self.skip_corrupt,
-                                 preprocess=self.preprocess)
-        if ds.skipped_corrupt:
-            self.skipped_corrupt += ds.skipped_corrupt
-            log.warning("coco instance split %r: skipped %d corrupt image(s) (skip_corrupt=True)", split,
-                        len(ds.skipped_corrupt))
+        ds = InstanceDataset(data, tf, train=train, image_size=self.image_size, preprocess=self.preprocess)
+        where = f"{self.format} split {split!r} at {self.data_dir}"
         if self.category_ids is None:
-            self.category_ids, self.class_names = ds.category_ids, ds.class_names
-        elif ds.category_ids != self.category_ids:
-            raise ValueError(f"{ann}: categories {ds.category_ids} differ from the other split's {self.category_ids}")
-        if self.num_classes is not None and len(ds.category_ids) != self.num_classes:
-            raise ValueError(f"{ann}: {len(ds.category_ids)} categories but num_classes={self.num_classes}")
-        log.info("coco instance split %r: %d images from %s", split, len(ds), ann)
+            self.category_ids, self.class_names = list(data.category_ids), list(data.class_names)
+        elif list(data.category_ids) != self.category_ids:
+            raise ValueError(f"{where}: categories {data.category_ids} differ from the other split's "
+                             f"{self.category_ids}")
+        if self.num_classes is not None and len(data.category_ids) != self.num_classes:
+            raise ValueError(f"{where}: {len(data.category_ids)} categories but num_classes={self.num_classes}")
+        log.info("%s: %d images", where, len(ds))
         return ds
 
     def setup(self, stage: str | None = None):

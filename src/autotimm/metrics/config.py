@@ -21,8 +21,9 @@ class MetricConfig:
 
     Args:
         name: short name in the log (``miou`` -> ``val/miou``).
-        metric_class: a torchmetrics class name (``JaccardIndex``, ``Accuracy``, ``MeanAveragePrecision``...) or a
-            dotted path to any ``torchmetrics.Metric`` subclass.
+        metric_class: a torchmetrics class name (``JaccardIndex``, ``Accuracy``, ``MeanAveragePrecision``...),
+            ``MatchingAccuracy`` (DSB2018's score, ``autotimm.metrics``) or a dotted path to any
+            ``torchmetrics.Metric`` subclass.
         params: constructor arguments. ``num_classes`` and ``ignore_index`` are filled in from the model when the
             class accepts them and they are not given.
         backend: only ``"torchmetrics"``.
@@ -68,6 +69,10 @@ def resolve_metric_class(name: str) -> type:
         return getattr(importlib.import_module(module), cls)
     import torchmetrics
 
+    from . import matching
+
+    if hasattr(matching, name):  # the project's own (MatchingAccuracy)
+        return getattr(matching, name)
     for mod in (torchmetrics, "torchmetrics.detection", "torchmetrics.segmentation", "torchmetrics.classification"):
         mod = importlib.import_module(mod) if isinstance(mod, str) else mod
         if hasattr(mod, name):
