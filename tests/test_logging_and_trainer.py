@@ -10,7 +10,7 @@ import torch
 from pytorch_lightning.callbacks import LearningRateMonitor, ModelCheckpoint, RichProgressBar
 
 from autotimm import AutoTrainer, FeatureBackboneConfig, LoggingConfig, SemanticSegmentor
-from autotimm.training import EpochSummary
+from autotimm.training import EpochSummary, ProgressLog
 from autotimm.training.trainer import auto_precision
 
 
@@ -34,7 +34,7 @@ def test_logging_config_logs_lr_grad_and_weight_norms():
 def test_auto_trainer_default_callbacks(tmp_path):
     t = AutoTrainer(default_root_dir=str(tmp_path), checkpoint_monitor="val/miou", checkpoint_mode="max")
     kinds = {type(c) for c in t.callbacks}
-    assert {ModelCheckpoint, RichProgressBar, EpochSummary} <= kinds
+    assert {ModelCheckpoint, RichProgressBar, EpochSummary, ProgressLog} <= kinds
     assert LearningRateMonitor not in kinds  # one learning-rate logger: the task's train/lr
     ck = t.checkpoint_callback
     assert ck.monitor == "val/miou" and ck.mode == "max" and ck.save_last
@@ -80,6 +80,33 @@ def test_epoch_summary_line(caplog):
         cb.on_validation_end(T(), None)
     assert "epoch 2 | step 30" in caplog.text and "val/loss 0.2500 | val/miou 0.5000" in caplog.text
     assert "loss_step" not in caplog.text
+
+
+def test_progress_log_lines_without_a_terminal(caplog, monkeypatch):
+    """A line after the first step, then one per every_s seconds of training: epoch/epochs, step/total with the
+    percentage, images per second since the last line, the loss, elapsed time and ETA."""
+    from autotimm.training import callbacks
+
+    clock = iter([0.0, 10.0, 30.0, 70.0, 75.0, 140.0])
+    monkeypatch.setattr(callbacks.time, "perf_counter", lambda: next(clock))
+
+    class T:
+        is_global_zero, current_epoch, max_epochs, estimated_stepping_batches = True, 0, 4, 40
+        callback_metrics = {"train/loss_step": torch.tensor(0.5)}
+        global_step = 0
+
+    cb, t = ProgressLog(every_s=60), T()
+    batch = {"image": torch.zeros(8, 3, 4, 4)}
+    with caplog.at_level(logging.INFO, logger="autotimm"):
+        cb.on_train_start(t, None)  # t = 0
+        for step, t.current_epoch in ((1, 0), (2, 0), (3, 1), (4, 1), (5, 1)):  # t = 10, 30, 70, 75, 140
+            t.global_step = step
+            cb.on_train_batch_end(t, None, None, batch, step)
+    lines = [r.getMessage() for r in caplog.records if r.getMessage().startswith("epoch")]
+    assert lines == [
+        "epoch 1/4 | step 1/40 (2%) | 0.80 img/s | loss 0.5000 | elapsed 0:10 | ETA 6:30",  # the first step
+        "epoch 2/4 | step 3/40 (8%) | 0.27 img/s | loss 0.5000 | elapsed 1:10 | ETA 14:23",  # 16 img in 60 s
+        "epoch 2/4 | step 5/40 (12%) | 0.23 img/s | loss 0.5000 | elapsed 2:20 | ETA 16:20"]
 
 
 def test_last_epoch_always_validates(tmp_path):

@@ -1,8 +1,8 @@
 """Trainer, logging configuration and callbacks."""
 
-from .callbacks import EpochSummary
+from .callbacks import EpochSummary, ProgressLog
 from .logging_config import LoggingConfig, as_logging_config
 from .trainer import AutoTrainer
 from .wandb_panels import WandbImagePanels
 
-__all__ = ["AutoTrainer", "EpochSummary", "LoggingConfig", "WandbImagePanels", "as_logging_config"]
+__all__ = ["AutoTrainer", "EpochSummary", "LoggingConfig", "ProgressLog", "WandbImagePanels", "as_logging_config"]

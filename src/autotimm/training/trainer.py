@@ -11,7 +11,7 @@ from lightning_fabric.plugins import CheckpointIO
 from pytorch_lightning.callbacks import ModelCheckpoint, RichProgressBar
 from pytorch_lightning.loggers import Logger, WandbLogger
 
-from .callbacks import EpochSummary
+from .callbacks import EpochSummary, ProgressLog
 from .checkpoint_io import AtomicCheckpointIO
 from .wandb_panels import WandbImagePanels
 
@@ -48,13 +48,15 @@ class AutoTrainer(pl.Trainer):
     - ``ModelCheckpoint`` keeping the best checkpoint on ``checkpoint_monitor`` (``best-...ckpt``) and ``last.ckpt``;
     - ``RichProgressBar`` (when the progress bar is enabled);
     - ``EpochSummary``: one log line per validation epoch (readable in log files and CI);
+    - ``ProgressLog``: a log line at least every minute of training (epoch, step/total, img/s, loss, ETA), in log
+      files and Slurm output, with or without a terminal;
     - ``WandbImagePanels`` (with a ``WandbLogger``, also when ``default_callbacks=False``): validation images with
       prediction / ground-truth overlays.
 
     Validation always runs after the last epoch (``max_epochs``), also when ``check_val_every_n_epoch`` does not
     divide it (Lightning would skip it: a 1-epoch run with validation every 2 would end without metrics).
 
-    ``default_callbacks=False`` adds none of the first three: the Hydra configs declare them in
+    ``default_callbacks=False`` adds none of the first four: the Hydra configs declare them in
     ``conf/callbacks/default.yaml`` instead, so each is declared once. The learning rate is logged by the task
     (``train/lr``, ``LoggingConfig.log_learning_rate``), not by a second logger.
 
@@ -86,6 +88,8 @@ class AutoTrainer(pl.Trainer):
             callbacks.append(RichProgressBar())
         if not have(EpochSummary):
             callbacks.append(EpochSummary())
+        if not have(ProgressLog):
+            callbacks.append(ProgressLog())
         loggers = trainer_kwargs.get("logger")
         # a list, or a ListConfig when Hydra passes it
         loggers = [loggers] if loggers is None or isinstance(loggers, (bool, Logger)) else list(loggers)
