@@ -54,7 +54,8 @@ INSTANCE_OPTIONS = {("head", o) for o in options("head") if is_mask_head(o)} | {
     | {
     ("loss", "instance"), ("dataset", "shapes_instance"), ("model", "instance"), ("experiment", "instance_shapes"),
     ("experiment", "recipe/shapes_instance"), ("dataset", "shapes_dense"), ("experiment", "instance_dense"),
-    ("experiment", "ablate_mask_size"), ("hparams_search", "optuna_instance")}
+    ("experiment", "ablate_mask_size"), ("hparams_search", "optuna_instance"), ("experiment", "ablate_instance_arch"),
+    ("dataset", "dsb2018"), ("dataset", "instance_png"), ("experiment", "dsb2018")}
 
 
 def test_every_group_has_options():

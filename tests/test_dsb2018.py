@@ -235,3 +235,77 @@ def load_split(root, split, radius=4):
     assert dm.category_ids == [5] and dm.val_dataset[0]["orig_target"]["masks"].sum() == 9
     with pytest.raises(ValueError, match="format: unknown 'nope'"):
         InstanceSegmentationDataModule(tmp_path, format="nope")
+
+
+# ------------------------------------------------------------------------------------------------ slide mode
+class ThresholdModel(__import__("autotimm").models.InstanceModelBase):
+    """A model whose instances are the connected bright regions of the image: the same objects wherever they are
+    seen, so whole-image and sliding-window prediction must agree exactly."""
+
+    def __init__(self, backbone, num_classes):
+        super().__init__()
+        self.backbone = backbone
+        self.score_thresh, self.nms_thresh, self.max_detections_per_image, self.mask_threshold = 0.0, 0.5, 100, 0.5
+
+    def forward(self, images, targets=None):
+        import cv2
+
+        if targets is not None:
+            return {"loss_zero": sum(p.sum() for p in self.parameters()) * 0.0}
+        out = []
+        for img in images:
+            _, comp = cv2.connectedComponents((img[0] > 0).numpy().astype(np.uint8))
+            ids = np.unique(comp)[1:]
+            masks = torch.from_numpy(comp[None] == ids[:, None, None]).to(torch.uint8)
+            ys, xs = masks.bool().any(2), masks.bool().any(1)
+            idx_y, idx_x = torch.arange(comp.shape[0]), torch.arange(comp.shape[1])
+            boxes = torch.stack([torch.where(xs, idx_x, 10**6).amin(1), torch.where(ys, idx_y, 10**6).amin(1),
+                                 torch.where(xs, idx_x, -1).amax(1) + 1, torch.where(ys, idx_y, -1).amax(1) + 1],
+                                1).float().reshape(-1, 4)
+            out.append({"boxes": boxes, "labels": torch.zeros(len(ids), dtype=torch.long),
+                        "scores": torch.linspace(1, 0.5, len(ids)), "masks": masks})
+        return out
+
+
+def test_slide_finds_the_instances_whole_finds(tmp_path):
+    """A generated 300x420 image with 30 disks (up to 24 px); windows of 96 every 64 (overlap 32 > any disk): the
+    same 30 instances, each once with its whole mask, wherever the window borders fall."""
+    from autotimm import FeatureBackboneConfig, InstanceSegmentor
+    from autotimm.inference import predict_instance
+
+    rng = np.random.default_rng(1)
+    image = np.zeros((300, 420, 3), np.uint8)
+    yy, xx = np.mgrid[:300, :420]
+    placed = 0
+    while placed < 30:
+        r = rng.integers(3, 12)
+        cy, cx = rng.integers(r, 300 - r), rng.integers(r, 420 - r)
+        disk = (yy - cy) ** 2 + (xx - cx) ** 2 <= r * r
+        grown = (yy - cy) ** 2 + (xx - cx) ** 2 <= (r + 2) ** 2
+        if image[grown].any():
+            continue  # apart, so components are the disks
+        image[disk] = 255
+        placed += 1
+    task = InstanceSegmentor(FeatureBackboneConfig("test_resnet", pretrained=False), num_classes=1,
+                             architecture={"_target_": "test_dsb2018.ThresholdModel"}).eval()
+    whole = predict_instance(task, image)
+    slide = predict_instance(task, image, tta={"mode": "slide", "crop_size": 96, "stride": 64})
+    assert len(whole["masks"]) == len(slide["masks"]) == 30 and slide["masks"].shape == (30, 300, 420)
+
+    def key(masks):
+        return sorted(tuple(np.argwhere(m.numpy())[0]) + (int(m.sum()),) for m in masks)
+
+    assert key(whole["masks"]) == key(slide["masks"])  # the same masks: first pixel and area of each
+    assert (slide["masks"].sum(0) <= 1).all()  # reported once
+    with pytest.raises(ValueError, match="one scale without flip"):
+        predict_instance(task, image, tta={"flip": True})
+    # eval.py tta.mode=slide: the task slides over each evaluation image the same way
+    from autotimm.inference import to_tensor
+
+    task.set_tta({"mode": "slide", "crop_size": 96, "stride": 64}, ["test"])
+    x = to_tensor(image, "cpu", task.preprocess)
+    preds = task._slide_preds({"image": x, "valid_size": torch.tensor([[300, 420]]),
+                               "orig_size": torch.tensor([[300, 420]])})
+    assert key(preds[0]["masks"]) == key(slide["masks"])
+    with pytest.raises(ValueError, match="instance models take mode=slide"):
+        task.set_tta({"scales": [0.5, 1.0]})

@@ -13,7 +13,8 @@ import torch
 from pycocotools import mask as mask_utils
 
 from .data.transforms import CV2_INTERPOLATION, DEFAULT_PREPROCESS, eval_finish, eval_resize
-from .tta import TTA, as_tta, pad_to, tta_logits
+from .models.base import to_original
+from .tta import TTA, as_tta, pad_to, slide_instances, tta_logits
 from .tta import sliding_window_logits as tta_sliding_window
 
 
@@ -102,18 +103,31 @@ def predict_semantic(model, image: np.ndarray, image_size: int | None = None,
 @torch.no_grad()
 def predict_instance(model, image: np.ndarray, image_size: int | None = None,
                      tta: TTA | dict | None = None) -> dict[str, torch.Tensor]:
-    """Detections at the image's own resolution (boxes, labels, scores, masks; category_ids when known), through
-    the validation pipeline at the model's ``preprocess.image_size`` (or ``image_size``); a model that does not
-    know its training size runs the image at its own size, padded to the backbone's stride. The model's own
-    post-processing settings apply (``model.model.set_postprocess``)."""
+    """Detections at the image's own resolution (boxes, labels, scores, masks; category_ids when known).
+
+    Whole image (default): the validation pipeline at the model's ``preprocess.image_size`` (or ``image_size``); a
+    model that does not know its training size runs the image at its own size, padded to the backbone's stride.
+    ``tta.mode=slide``: windows of ``tta.crop_size`` pixels every ``tta.stride`` over the image at its own size
+    (resized first when ``image_size`` is given, then by ``tta.scales[0]``), detections merged across windows
+    (``autotimm.tta.slide_instances``): large microscopy or histology images at the scale the model learned. The
+    model's own post-processing settings apply (``model.model.set_postprocess``)."""
     tta = as_tta(tta)
-    if tta is not None and not tta.identity:
-        raise ValueError(f"tta: {tta} is not available for instance models; use the defaults (whole image, scale 1, "
-                         f"no flip)")
+    if tta is not None and (tta.flip or len(tta.scales) != 1 or (tta.mode == "whole" and tta.scales != [1.0])):
+        raise ValueError(f"tta: {tta}: instance models take one scale without flip (mode=slide for large images)")
     model.eval()
+    net = model.model
     device = next(model.parameters()).device
     pre = model_preprocess(model)
     h0, w0 = image.shape[:2]
+    if tta is not None and tta.mode == "slide":
+        s = (image_size / max(h0, w0) if image_size else 1.0) * tta.scales[0]
+        scaled = image if s == 1.0 else cv2.resize(image, (max(1, round(w0 * s)), max(1, round(h0 * s))),
+                                                   interpolation=CV2_INTERPOLATION[pre["interpolation"]])
+        post = net.postprocess
+        det = slide_instances(net.predict, to_tensor(scaled, device, pre), tta.crop_size, tta.stride,
+                              float(post.get("nms_thresh", 0.5)), int(post.get("max_detections_per_image", 100)))
+        det = to_original(det, 0, torch.tensor([[h0, w0]]), torch.tensor([list(scaled.shape[:2])]))
+        return net.with_category_ids(det)
     size = image_size or pre.get("image_size")
     if size:
         x, (vh, vw) = eval_input(image, pre, int(size), device)
@@ -121,7 +135,7 @@ def predict_instance(model, image: np.ndarray, image_size: int | None = None,
         x, (vh, vw) = to_tensor(image, device, pre), (h0, w0)
         multiple = int(pre.get("pad_multiple") or 32)
         x = pad_to(x, math.ceil(vh / multiple) * multiple, math.ceil(vw / multiple) * multiple)
-    return model.model.predict(x, torch.tensor([[h0, w0]]), torch.tensor([[vh, vw]]))[0]
+    return net.predict(x, torch.tensor([[h0, w0]]), torch.tensor([[vh, vw]]))[0]
 
 
 def palette(n: int) -> np.ndarray:

@@ -116,3 +116,60 @@ def tta_logits(forward, image: torch.Tensor, tta: TTA, multiple: int, valid_size
             lg = F.interpolate(lg, size=out_size, mode="bilinear", align_corners=False)
         total = lg if total is None else total + lg
     return total / len(tta.scales)
+
+
+def tile_starts(length: int, tile: int, stride: int) -> list[int]:
+    """Window origins every ``stride`` pixels, the last one flush with the end (one window when it fits)."""
+    if length <= tile:
+        return [0]
+    starts = list(range(0, length - tile, stride))
+    return starts + [length - tile]
+
+
+def core_bounds(starts: list[int], tile: int, length: int) -> list[tuple[float, float]]:
+    """Each window's core along one axis: from the middle of its overlap with the previous window to the middle of
+    its overlap with the next (the image's edges for the first and last). The cores partition [0, length)."""
+    cuts = [0.0] + [(starts[i + 1] + min(starts[i] + tile, length)) / 2 for i in range(len(starts) - 1)] + \
+        [float(length)]
+    return list(zip(cuts[:-1], cuts[1:]))
+
+
+@torch.no_grad()
+def slide_instances(predict, image: torch.Tensor, tile: int, stride: int, nms_thresh: float,
+                    max_detections: int, batch: int = 8) -> dict[str, torch.Tensor]:
+    """Instance detections of a large image ``[1, 3, H, W]`` (normalised) from windows of ``tile`` pixels every
+    ``stride``: ``predict(windows, orig_sizes, valid_sizes)`` gives each window's detections at its own size;
+    a window keeps the detections whose box centre lies in its core (``core_bounds``: the cores partition the image,
+    so an object seen whole by the windows around it is reported once, by one of them, with its whole mask when the
+    overlap exceeds its size); the survivors are pasted into the image and a last class-wise NMS removes what two
+    windows still both report (objects larger than the overlap); at most ``max_detections``, best first."""
+    from torchvision.ops import batched_nms
+
+    _, _, h, w = image.shape
+    ys, xs = tile_starts(h, tile, stride), tile_starts(w, tile, stride)
+    ycore, xcore = core_bounds(ys, tile, h), core_bounds(xs, tile, w)
+    windows = [(y0, x0, yc, xc) for y0, yc in zip(ys, ycore) for x0, xc in zip(xs, xcore)]
+    boxes, scores, labels, masks = [], [], [], []
+    for i in range(0, len(windows), batch):  # a loop over batches of windows
+        group = windows[i: i + batch]
+        crops = [image[0, :, y0: y0 + tile, x0: x0 + tile] for y0, x0, _, _ in group]
+        sizes = torch.tensor([list(c.shape[-2:]) for c in crops])
+        x = torch.stack([pad_to(c, tile, tile) for c in crops])
+        for (y0, x0, (cy0, cy1), (cx0, cx1)), (th, tw), det in zip(group, sizes.tolist(), predict(x, sizes, sizes)):
+            b = det["boxes"].float() + torch.tensor([x0, y0, x0, y0], dtype=torch.float32, device=x.device)
+            cx, cy = (b[:, 0] + b[:, 2]) / 2, (b[:, 1] + b[:, 3]) / 2
+            keep = (cx >= cx0) & (cx < cx1) & (cy >= cy0) & (cy < cy1)
+            if not keep.any():
+                continue
+            full = torch.zeros((int(keep.sum()), h, w), dtype=torch.uint8, device=x.device)
+            full[:, y0: y0 + th, x0: x0 + tw] = det["masks"][keep].to(torch.uint8)
+            boxes.append(b[keep])
+            scores.append(det["scores"][keep])
+            labels.append(det["labels"][keep])
+            masks.append(full)
+    if not boxes:
+        return {"boxes": torch.zeros(0, 4), "scores": torch.zeros(0), "labels": torch.zeros(0, dtype=torch.long),
+                "masks": torch.zeros((0, h, w), dtype=torch.uint8)}
+    boxes, scores, labels, masks = torch.cat(boxes), torch.cat(scores), torch.cat(labels), torch.cat(masks)
+    keep = batched_nms(boxes, scores, labels, nms_thresh)[:max_detections]
+    return {"boxes": boxes[keep], "scores": scores[keep], "labels": labels[keep], "masks": masks[keep]}

@@ -35,10 +35,7 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
     check_pairing(model, datamodule)
     tta = as_tta(OmegaConf.to_container(cfg.tta, resolve=True)) if cfg.get("tta") else None
     if tta is not None and not tta.identity:
-        if model.task_kind != "semantic":
-            raise ValueError(f"tta: test-time augmentation is for semantic models; {ckpt} holds an "
-                             f"{model.task_kind} model")
-        model.set_tta(tta, ["test"])
+        model.set_tta(tta, ["test"])  # instance models: sliding windows only (mode=slide)
         log.info("test-time augmentation: %s", tta)
     trainer = build_trainer(cfg, callbacks=False)
     log.info("testing %s", ckpt)

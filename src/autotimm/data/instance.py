@@ -218,10 +218,14 @@ def collate_instance(items: list[dict[str, Any]]) -> dict[str, Any]:
     return batch
 
 
-def instance_train_transforms(preset: str, image_size: int, preprocess: dict | None = None) -> A.Compose:
+def instance_train_transforms(preset: str, image_size: int, preprocess: dict | None = None,
+                              crop_size: int | None = None) -> A.Compose:
+    """The preset at ``image_size`` with boxes kept in step; ``crop_size``: train on random crops of that size (the
+    detail of ``image_size`` at a crop's cost; evaluation stays whole at ``image_size``)."""
     bbox = A.BboxParams(format="pascal_voc", label_fields=["instance_idx"], min_area=1.0, min_visibility=0.0,
                         clip=True)
-    return train_transforms(preset, image_size, ignore_index=0, bbox_params=bbox, preprocess=preprocess)
+    return train_transforms(preset, image_size, ignore_index=0, bbox_params=bbox, preprocess=preprocess,
+                            crop_size=crop_size)
 
 
 class InstanceSegmentationDataModule(ModelPreprocess, pl.LightningDataModule):
@@ -229,6 +233,7 @@ class InstanceSegmentationDataModule(ModelPreprocess, pl.LightningDataModule):
     data_dir, image_size, batch_size, num_workers, augmentation_preset, custom_train_transforms (an albumentations
     ``Compose`` with ``bbox_params`` in any box format; boxes, masks and labels stay in step whatever its label
     fields), custom_val_transforms (image only), min_keypoints, min_area (COCO's annotation filters); plus
+    ``crop_size`` (train on random crops of the ``image_size`` images),
     ``format`` (``coco``, the default; ``dsb2018``; ``instance_png``; or the dotted path of your own format module),
     ``format_options`` (the format's own ``load_split`` arguments: ``dsb2018``'s ``class_map`` / ``skip_bad``,
     ``instance_png``'s ``encoding`` / folders...), split names, ``skip_corrupt`` and ``mean`` / ``std`` /
@@ -243,7 +248,7 @@ class InstanceSegmentationDataModule(ModelPreprocess, pl.LightningDataModule):
                  train_split: str = "train", val_split: str = "val", test_split: str | None = None,
                  num_classes: int | None = None, persistent_workers: bool = True, skip_corrupt: bool = False,
                  mean: list[float] | None = None, std: list[float] | None = None, interpolation: str | None = None,
-                 format: str = "coco", format_options: dict | None = None):
+                 format: str = "coco", format_options: dict | None = None, crop_size: int | None = None):
         super().__init__()
         self._init_preprocess(mean, std, interpolation)
         if augmentation_preset not in PRESETS:
@@ -259,6 +264,9 @@ class InstanceSegmentationDataModule(ModelPreprocess, pl.LightningDataModule):
                              f"(its own options go in format_options)")
         self.data_dir = Path(data_dir)
         self.image_size, self.batch_size, self.num_workers = int(image_size), batch_size, num_workers
+        if crop_size is not None and not 16 <= int(crop_size) <= int(image_size):
+            raise ValueError(f"crop_size must be between 16 and image_size ({image_size}), got {crop_size}")
+        self.crop_size = int(crop_size) if crop_size is not None else None
         self.augmentation_preset = augmentation_preset
         self.custom_train_transforms, self.custom_val_transforms = custom_train_transforms, custom_val_transforms
         self.min_keypoints, self.min_area = min_keypoints, min_area
@@ -285,7 +293,7 @@ class InstanceSegmentationDataModule(ModelPreprocess, pl.LightningDataModule):
                 log.warning("%s split %r: skipped %d corrupt image(s) (skip_corrupt=True)", self.format, split,
                             len(bad))
         tf = (self.custom_train_transforms or instance_train_transforms(self.augmentation_preset, self.image_size,
-                                                                        self.preprocess)) \
+                                                                        self.preprocess, self.crop_size)) \
             if train else self.custom_val_transforms
         ds = InstanceDataset(data, tf, train=train, image_size=self.image_size, preprocess=self.preprocess)
         where = f"{self.format} split {split!r} at {self.data_dir}"

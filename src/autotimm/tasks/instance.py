@@ -7,6 +7,7 @@ from __future__ import annotations
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from ..backbones import FeatureBackboneConfig, TimmFeatureBackbone, as_backbone_config, resolve_preprocess
@@ -14,9 +15,10 @@ from ..heads.fcos import FCOSHead
 from ..heads.mask import MaskHead
 from ..losses.detection import InstanceSegmentationLoss
 from ..metrics import MetricConfig
-from ..models.base import InstanceModelBase, loss_name
+from ..models.base import InstanceModelBase, loss_name, to_original
 from ..models.fcos_instance import FCOSInstanceModel
 from ..training.logging_config import LoggingConfig
+from ..tta import TTA, as_tta, slide_instances
 from ..utils import plain
 from .base import BaseTask, Factory, build_component, component_spec
 
@@ -179,9 +181,37 @@ class InstanceSegmentor(BaseTask):
             raise ValueError(f"channels_last must be true, false or 'auto', got {channels_last!r}")
         if channels_last is True:
             self._apply_channels_last(True)
+        self.set_tta(None)
 
     def model_spec(self) -> dict[str, Any]:
         return {"backbone": self.hparams["backbone"], "architecture": self.hparams["architecture"]}
+
+    # test-time sliding windows ---------------------------------------------------------------------------------
+    def set_tta(self, tta: dict | TTA | None, stages=("test",)) -> None:
+        """Score ``stages`` with sliding-window inference (``tta.mode=slide``: windows of ``crop_size`` every
+        ``stride`` over the evaluation image rescaled by ``tta.scales[0]``, detections merged across windows:
+        ``autotimm.tta.slide_instances``), as ``eval.py tta.mode=slide`` does. ``None`` is the plain forward."""
+        tta = as_tta(plain(tta))
+        if tta is not None and not tta.identity and (tta.mode != "slide" or tta.flip or len(tta.scales) != 1):
+            raise ValueError(f"tta: {tta}: instance models take mode=slide at one scale without flip")
+        self.tta = None if tta is None or tta.identity else tta
+        self.tta_stages = [stages] if isinstance(stages, str) else list(stages)
+
+    def _slide_preds(self, batch: dict[str, Any]) -> list[dict[str, torch.Tensor]]:
+        tta, images = self.tta, batch["image"]
+        post = self.model.postprocess
+        preds = []
+        for i in range(images.shape[0]):  # a loop over images: each is slid over at its own size
+            vh, vw = (int(v) for v in batch["valid_size"][i])
+            x = images[i: i + 1, :, :vh, :vw]
+            s = tta.scales[0]
+            if s != 1.0:
+                x = F.interpolate(x, size=(max(1, round(vh * s)), max(1, round(vw * s))), mode="bilinear",
+                                  align_corners=False)
+            det = slide_instances(self.model.predict, x, tta.crop_size, tta.stride,
+                                  float(post.get("nms_thresh", 0.5)), int(post.get("max_detections_per_image", 100)))
+            preds.append(to_original(det, 0, batch["orig_size"][i: i + 1], torch.tensor([list(x.shape[-2:])])))
+        return preds
 
     # the default architecture's parts (FCOS), for convenience ------------------------------------------------------
     @property
@@ -241,9 +271,13 @@ class InstanceSegmentor(BaseTask):
     def _eval_step(self, batch: dict[str, Any], stage: str, batch_idx: int = 0):
         images = batch["image"]
         metrics = list(self.metric_manager.for_stage(stage))
-        if metrics:  # one backbone pass for the loss and the detections where the model can share it
+        slide = getattr(self, "tta", None) is not None and stage in self.tta_stages
+        if metrics and slide:
+            losses, preds = self.model(images, batch["targets"]), self._slide_preds(batch)
+        elif metrics:  # one backbone pass for the loss and the detections where the model can share it
             losses, preds = self.model.losses_and_detections(images, batch["targets"], batch.get("orig_size"),
                                                              batch.get("valid_size"))
+        if metrics:
             targets = batch.get("orig_targets") or batch["targets"]
             preds = [{"boxes": p["boxes"], "scores": p["scores"], "labels": p["labels"], "masks": p["masks"].bool()}
                      for p in preds]
@@ -276,13 +310,15 @@ class InstanceSegmentor(BaseTask):
             if not isinstance(values, dict):
                 self.log(f"{stage}/{cfg.name}", values, prog_bar=cfg.prog_bar)
                 continue
-            # "mask_map" -> mask_map, mask_map_50, ..., mask_mar_100; another name -> <name>_map, <name>_mar_100
-            prefix = cfg.name[:-3] if cfg.name.endswith("map") else f"{cfg.name}_"
+            # "mask_map" -> mask_map, mask_map_50, ..., mask_mar_100; another name -> <name>_map, <name>_mar_100;
+            # a metric whose keys are already full names (flat_keys: MatchingAccuracy's dsb_score) -> the keys
+            prefix = "" if getattr(metric, "flat_keys", False) else \
+                cfg.name[:-3] if cfg.name.endswith("map") else f"{cfg.name}_"
             for k, v in values.items():
                 if not isinstance(v, torch.Tensor) or v.numel() != 1 or k == "classes":
                     continue
                 name = prefix + k
-                self.log(f"{stage}/{name}", v.float(), prog_bar=cfg.prog_bar and k in ("map", "map_50"),
+                self.log(f"{stage}/{name}", v.float(), prog_bar=cfg.prog_bar and k in ("map", "map_50", "dsb_score"),
                          sync_dist=True)
 
     def on_validation_epoch_end(self):
