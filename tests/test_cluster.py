@@ -142,3 +142,88 @@ def test_instance_test_stage_uses_the_coco_test_split(tmp_path, shapes_root):
     dm = InstanceSegmentationDataModule(shapes_root, image_size=64, batch_size=2, num_workers=0)
     dm.setup("test")
     assert (dm.test_split_used, dm.test_on_val) == ("val", True)
+
+
+# ------------------------------------------------------------------------------------------------ resume a sweep
+@pytest.mark.slow
+def test_a_killed_sweep_resumes(tmp_path, shapes_root):
+    """A real 4-job sweep SIGKILLed while a job is between epochs (its last.ckpt written, no metrics.json):
+    re-running the same command with hydra.sweep.dir and resume=true skips the completed jobs (their files
+    untouched), continues the interrupted one from its checkpoint (3 epochs in all, not more), trains the rest, and
+    the report has the settings and counts of an uninterrupted sweep."""
+    import csv
+    import json
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    from test_cli import ROOT, run
+
+    from autotimm.report import write_report
+
+    args = ["-m", "loss.dice_weight=0.0,0.5,1.0,2.0", f"dataset.data_dir={shapes_root}", "dataset.num_train=24",
+            "dataset.num_val=8", "dataset.source_size=64", "dataset.seed=3", "dataset.image_size=64",
+            "dataset.batch_size=8", "dataset.num_workers=0", "backbone=test_resnet", "trainer.max_epochs=3",
+            "trainer.check_val_every_n_epoch=1", "task_name=sweep"]
+    sweep = tmp_path / "killed"
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", "WANDB_MODE": "offline", "HF_HUB_OFFLINE": "1"}
+    proc = subprocess.Popen([sys.executable, str(ROOT / "train.py"), *args, f"hydra.sweep.dir={sweep}"], cwd=ROOT,
+                            env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    interrupted = None
+    deadline = time.time() + 600
+    while interrupted is None and time.time() < deadline and proc.poll() is None:
+        for job in ("1", "2", "3"):
+            d = sweep / job
+            if (d / "checkpoints" / "last.ckpt").is_file() and not (d / "metrics.json").is_file():
+                os.killpg(proc.pid, signal.SIGKILL)
+                interrupted = job
+                break
+        time.sleep(0.05)
+    proc.wait(timeout=60)
+    assert interrupted is not None, "the sweep ended before it could be killed mid-job"
+    done = {j: (sweep / j / "metrics.json").read_bytes() for j in "0123" if (sweep / j / "metrics.json").is_file()}
+    assert "0" in done and interrupted not in done
+
+    proc = run("train.py", *args, f"hydra.sweep.dir={sweep}", "resume=true")
+    for job in "0123":
+        metrics = json.loads((sweep / job / "metrics.json").read_text())
+        assert metrics["status"] == "completed", job
+        assert metrics["global_step"] == 3 * 3  # 3 epochs of 3 steps, whether trained at once or in two goes
+    for job, before in done.items():
+        assert (sweep / job / "metrics.json").read_bytes() == before  # completed: not trained again
+    logs = {job: (sweep / job / "sweep.log").read_text() for job in "0123"}
+    for job in done:
+        assert "already completed: skipped" in logs[job]
+    assert "was interrupted: training continues from" in logs[interrupted]
+    def val_epochs(name):
+        return {int(r["epoch"]) for r in csv.DictReader(open(sweep / interrupted / "csv" / name)) if r.get("val/miou")}
+
+    before, after = val_epochs("metrics.part0.csv"), val_epochs("metrics.csv")  # the interrupted part kept
+    assert before and not before & after and before | after == {0, 1, 2}
+
+    run("train.py", *args, f"hydra.sweep.dir={tmp_path / 'whole'}")
+    a, b = write_report(sweep), write_report(tmp_path / "whole")
+    rows_a = [(r["loss.dice_weight"], r["n"], r["failed"]) for r in csv.DictReader(open(a["csv"]))]
+    rows_b = [(r["loss.dice_weight"], r["n"], r["failed"]) for r in csv.DictReader(open(b["csv"]))]
+    assert rows_a == rows_b and len(rows_a) == 4
+
+
+def test_resume_refuses_a_folder_of_another_sweep(tmp_path):
+    """A job folder recorded with other overrides is not this job: a clear error, not a silent skip."""
+    import json
+
+    from test_configs import compose_cfg
+
+    from autotimm.cli.train import JOB_RECORD, resume_plan
+
+    cfg = compose_cfg(tmp_path, ["resume=true"])
+    (tmp_path / JOB_RECORD).write_text(json.dumps({"overrides": ["loss.dice_weight=9.0"]}))
+    with pytest.raises(ValueError, match=r"resume: .* holds a job with overrides \['loss.dice_weight=9.0'\], not "
+                                         r"this job's"):
+        resume_plan(cfg)
+    (tmp_path / JOB_RECORD).write_text(json.dumps({"overrides": []}))
+    (tmp_path / "metrics.json").write_text(json.dumps({"status": "failed"}))
+    assert resume_plan(cfg)[0] == "skip"  # failed jobs run again only with resume_failed=true
+    cfg.resume_failed = True
+    assert resume_plan(cfg) == ("train", None)

@@ -167,3 +167,14 @@ def paste_masks(mask_probs: torch.Tensor, boxes: torch.Tensor, height: int, widt
     wx = _interp_weights(cx, m)  # [N, W, M]
     wy = _interp_weights(cy, mask_probs.shape[-2])  # [N, H, M]
     return torch.bmm(torch.bmm(wy, mask_probs.float()), wx.transpose(1, 2))
+
+
+def paste_binary_masks(mask_probs: torch.Tensor, boxes: torch.Tensor, height: int, width: int, threshold: float,
+                       chunk: int = 32) -> torch.Tensor:
+    """``paste_masks`` thresholded to uint8 [N, H, W], ``chunk`` detections at a time eagerly (the float canvas of
+    500 detections on a 1272x603 microscopy image would need 1.5 GB; this needs 32 / 500 of it)."""
+    n = mask_probs.shape[0]
+    if torch.jit.is_tracing() or n <= chunk:
+        return (paste_masks(mask_probs, boxes, height, width) >= threshold).to(torch.uint8)
+    return torch.cat([(paste_masks(mask_probs[i: i + chunk], boxes[i: i + chunk], height, width) >= threshold)
+                      .to(torch.uint8) for i in range(0, n, chunk)])

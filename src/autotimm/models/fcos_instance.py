@@ -14,7 +14,16 @@ from torch import nn
 from torchvision.ops import roi_align
 
 from .base import InstanceModelBase, scale_boxes
-from .fcos import assign_targets, decode_boxes, level_ranges, make_points, pad_targets, paste_masks, postprocess
+from .fcos import (
+    assign_targets,
+    decode_boxes,
+    level_ranges,
+    make_points,
+    pad_targets,
+    paste_binary_masks,
+    paste_masks,
+    postprocess,
+)
 
 
 def build_part(part: Any, default: Callable[..., nn.Module], **required: Any) -> nn.Module:
@@ -214,8 +223,8 @@ class FCOSInstanceModel(InstanceModelBase):
             if orig_sizes is not None:
                 oh, ow = (int(v) for v in orig_sizes[i])
                 b = scale_boxes(b, orig_sizes[i], valid_sizes[i] if valid_sizes is not None else (h, w))
-            masks = paste_masks(p, b, oh, ow) >= self.mask_threshold
-            results.append({"boxes": b, "labels": lab, "scores": s, "masks": masks.to(torch.uint8)})
+            masks = paste_binary_masks(p, b, oh, ow, self.mask_threshold)
+            results.append({"boxes": b, "labels": lab, "scores": s, "masks": masks})
         return results
 
     def detect(self, images: torch.Tensor, orig_sizes=None, valid_sizes=None) -> list[dict[str, torch.Tensor]]:

@@ -28,7 +28,7 @@ from torchvision.models.detection.rpn import RegionProposalNetwork, RPNHead
 from torchvision.ops import MultiScaleRoIAlign
 
 from .base import InstanceModelBase, scale_boxes
-from .fcos import paste_masks
+from .fcos import paste_binary_masks, paste_masks
 
 
 class SizedMaskPredictor(MaskRCNNPredictor):
@@ -216,7 +216,7 @@ class MaskRCNNModel(InstanceModelBase):
             if orig_sizes is not None:
                 oh, ow = (int(v) for v in orig_sizes[i])
                 boxes = scale_boxes(boxes, orig_sizes[i], valid_sizes[i] if valid_sizes is not None else (h, w))
-            masks = (paste_masks(d["probs"], boxes, oh, ow) >= self.mask_threshold).to(torch.uint8)
+            masks = paste_binary_masks(d["probs"], boxes, oh, ow, self.mask_threshold)
             out.append({"boxes": boxes, "labels": d["labels"], "scores": d["scores"], "masks": masks})
         return out
 
