@@ -1,0 +1,259 @@
+"""DSB2018 nuclei from scratch at equal wall-clock: ``experiment=dsb2018`` against torchvision's Mask R-CNN.
+
+Both train through the same autotimm training step (the same data module: DSB2018 at 512 px, 256 px crops,
+flips and colour jitter; AdamW + cosine, the recipe's lr and batch), so only the network differs: ours is the
+recipe's model (FCOS + Mask R-CNN's mask head on ResNet-18); torchvision's is ``MaskRCNN`` on
+``resnet_fpn_backbone("resnet18", weights=None, trainable_layers=5)`` (P2-P6), from scratch, its defaults otherwise
+(2000 / 1000 proposals, 512 ROIs per image, 100 detections), with two changes so it sees what ours sees: BatchNorm
+instead of the backbone's default FrozenBatchNorm (frozen identity statistics cannot train from scratch) and its
+``GeneralizedRCNNTransform`` neither resizing nor re-normalising (the data module has done both). Each gets the same
+budget of wall-clock minutes: a short calibration sets how many epochs fit, the cosine schedule is laid over them and
+Lightning's ``max_time`` stops a run that would overrun. Validation runs once, after training, on the 100 val images
+at their original resolution: COCO mask AP / AP@0.5 (500 detections), the challenge's ``dsb_score`` and
+``match_acc_50`` (detections scoring >= 0.5), then predict ms / image.
+
+    python benchmarks/bench_dsb2018.py --minutes 30                 # both, one after the other, 2 threads each
+    python benchmarks/bench_dsb2018.py --models ours --threads 1 --out /tmp/bd &    # or side by side, one core each
+    python benchmarks/bench_dsb2018.py --models torchvision --threads 1 --out /tmp/bd; \\
+        python benchmarks/bench_dsb2018.py --table /tmp/bd
+
+fp32 unless ``--precision`` says otherwise; the header gives the CPU's capability.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import math
+import sys
+import time
+from pathlib import Path
+
+import torch
+from torch import nn
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _machine import header  # noqa: E402
+
+from autotimm.models import InstanceModelBase  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+class TorchvisionMaskRCNN(InstanceModelBase):
+    """torchvision's ``MaskRCNN`` (ResNet-18 FPN) behind the instance-model contract."""
+
+    postprocess_keys = ("score_thresh", "nms_thresh", "max_detections_per_image", "mask_threshold")
+    export_batch_size = 1
+
+    def __init__(self, num_classes: int, mean, std):
+        super().__init__()
+        from torchvision.models.detection import MaskRCNN
+        from torchvision.models.detection.backbone_utils import resnet_fpn_backbone
+        from torchvision.models.detection.transform import GeneralizedRCNNTransform
+
+        class AsGiven(GeneralizedRCNNTransform):  # the data module resized and normalised already
+            def normalize(self, image):
+                return image
+
+            def resize(self, image, target=None):
+                return image, target
+
+        fpn = resnet_fpn_backbone(backbone_name="resnet18", weights=None, trainable_layers=5,
+                                  norm_layer=nn.BatchNorm2d)
+        self.net = MaskRCNN(fpn, num_classes=num_classes + 1)
+        self.net.transform = AsGiven(1, 1, [0.0] * 3, [1.0] * 3)
+        self.backbone = _TimmLike(fpn.body, mean, std)
+        self.mask_threshold = 0.5
+
+    @property
+    def score_thresh(self):
+        return self.net.roi_heads.score_thresh
+
+    @property
+    def nms_thresh(self):
+        return self.net.roi_heads.nms_thresh
+
+    @property
+    def max_detections_per_image(self):
+        return self.net.roi_heads.detections_per_img
+
+    def _set_postprocess_value(self, key, value):
+        names = {"score_thresh": "score_thresh", "nms_thresh": "nms_thresh",
+                 "max_detections_per_image": "detections_per_img"}
+        if key in names:
+            setattr(self.net.roi_heads, names[key], value)
+        else:
+            setattr(self, key, value)
+
+    def forward(self, images, targets=None):
+        if targets is not None:
+            tv = [{"boxes": t["boxes"].float(), "labels": t["labels"] + 1, "masks": t["masks"]} for t in targets]
+            mode = self.net.training
+            self.net.train(True)
+            for m in self.net.modules():  # losses need the training branches; BatchNorm keeps the caller's mode
+                if isinstance(m, nn.modules.batchnorm._BatchNorm):
+                    m.train(mode)
+            try:
+                return self.net(list(images), tv)
+            finally:
+                self.net.train(mode)
+        out = self.net(list(images))
+        return [{"boxes": d["boxes"], "labels": d["labels"] - 1, "scores": d["scores"],
+                 "masks": (d["masks"][:, 0] >= self.mask_threshold).to(torch.uint8)} for d in out]
+
+
+class _TimmLike(nn.Module):
+    """What the task reads of a backbone (``body`` with a pretrained config for mean/std, ``output_stride``)."""
+
+    def __init__(self, body, mean, std):
+        super().__init__()
+        self.body = body
+        self.body.pretrained_cfg = {"mean": tuple(mean), "std": tuple(std), "interpolation": "bilinear"}
+        self.output_stride = 32
+
+    def forward(self, x):
+        return list(self.body(x).values())
+
+
+def compose(overrides: list[str]):
+    from hydra import compose as hydra_compose
+    from hydra import initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
+        return hydra_compose(config_name="train", overrides=overrides)
+
+
+def build(cfg, which: str, seed: int):
+    from hydra.utils import instantiate
+
+    torch.manual_seed(seed)
+    dm = instantiate(cfg.dataset)
+    task = instantiate(cfg.model)
+    if which == "torchvision":
+        pre = task.preprocess
+        torch.manual_seed(seed)
+        task = instantiate(cfg.model, model=TorchvisionMaskRCNN(int(cfg.dataset.num_classes), pre["mean"],
+                                                                 pre["std"]))
+        task.model.set_postprocess(max_detections_per_image=int(cfg.arch.max_detections_per_image))
+    return dm, task
+
+
+def calibrate(task, dm, steps: int = 6, warmup: int = 2) -> tuple[float, int]:
+    """Seconds per training step on real batches (data loading included), on a throw-away copy of the model."""
+    model = copy.deepcopy(task).train()
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
+    dm.setup("fit")
+    loader = dm.train_dataloader()
+    it = iter(loader)
+    t0 = 0.0
+    for i in range(warmup + steps):
+        if i == warmup:
+            t0 = time.perf_counter()
+        try:
+            batch = next(it)
+        except StopIteration:
+            it = iter(loader)
+            batch = next(it)
+        loss = sum(model.model(batch["image"], batch["targets"]).values())
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+    return (time.perf_counter() - t0) / steps, len(loader)
+
+
+def predict_ms(task, dm, n: int = 20) -> float:
+    """Predict time per val image through the evaluation pipeline (masks pasted at the original size)."""
+    task.eval()
+    ds = dm.val_dataset
+    t = time.perf_counter()
+    with torch.no_grad():
+        for i in range(n):
+            it = ds[i]
+            task.model.predict(it["image"][None], it["orig_size"][None], it["valid_size"][None])
+    return (time.perf_counter() - t) / n * 1000
+
+
+def run(which: str, args, out: Path) -> dict:
+    import pytorch_lightning as pl
+
+    overrides = ["experiment=dsb2018", f"paths.data_dir={args.data}", f"trainer.precision={args.precision}",
+                 f"seed={args.seed}", "model.compile_model=false", *args.override]
+    cfg = compose(overrides)
+    dm, task = build(cfg, which, args.seed)
+    step_s, steps_per_epoch = calibrate(task, dm)
+    budget = args.minutes * 60
+    epochs = max(1, math.floor(budget * 0.97 / (step_s * steps_per_epoch)))
+    print(f"[{which}] {step_s:.3f} s/step x {steps_per_epoch} steps/epoch -> {epochs} epochs in {args.minutes} min",
+          flush=True)
+    pl.seed_everything(args.seed, workers=True)
+    from autotimm.training import ProgressLog
+
+    trainer = pl.Trainer(max_epochs=epochs, max_time={"minutes": args.minutes}, precision=args.precision,
+                         accelerator="cpu", devices=1, logger=False, enable_checkpointing=False,
+                         enable_progress_bar=False, enable_model_summary=False, check_val_every_n_epoch=10**6,
+                         num_sanity_val_steps=0, callbacks=[ProgressLog(every_s=120)])
+    t0 = time.perf_counter()
+    trainer.fit(task, datamodule=dm)
+    fit_min = (time.perf_counter() - t0) / 60
+    images = trainer.global_step * int(cfg.dataset.batch_size)
+    res = {"model": which, "epochs_planned": epochs, "epochs_done": int(trainer.current_epoch),
+           "fit_min": round(fit_min, 2), "train_img_s": round(images / (fit_min * 60), 2),
+           "s_per_step": round(step_s, 3), "threads": torch.get_num_threads(), "precision": str(args.precision),
+           "seed": args.seed, "overrides": overrides}
+    res["val"] = {k: float(v) for k, v in trainer.validate(task, datamodule=dm, verbose=False)[0].items()}
+    res["predict_ms"] = round(predict_ms(task, dm), 1)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / f"{which}_seed{args.seed}.json").write_text(json.dumps(res, indent=1))
+    return res
+
+
+def table(results: list[dict]) -> str:
+    cols = ["val mask AP", "AP@0.5", "match_acc_50", "dsb_score", "TP / FP / FN @0.5", "train img/s",
+            "predict ms/img", "epochs", "fit min", "threads"]
+    lines = ["| model | " + " | ".join(cols) + " |", "|---|" + "---:|" * len(cols)]
+    for r in results:
+        v = r["val"]
+        cells = [f"{v.get('val/mask_map', float('nan')):.3f}", f"{v.get('val/mask_map_50', float('nan')):.3f}",
+                 f"{v.get('val/match_acc_50', float('nan')):.3f}", f"{v.get('val/dsb_score', float('nan')):.3f}",
+                 f"{v.get('val/match_tp_50', 0):.0f} / {v.get('val/match_fp_50', 0):.0f} / "
+                 f"{v.get('val/match_fn_50', 0):.0f}", f"{r['train_img_s']:.2f}", f"{r['predict_ms']:.0f}",
+                 f"{r['epochs_done']}/{r['epochs_planned']}", f"{r['fit_min']:.1f}", str(r["threads"])]
+        lines.append(f"| {r['model']} (seed {r['seed']}) | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def main():
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--data", type=Path, default=ROOT.parent / "shared" / "data",
+                   help="the folder holding dsb2018/ (paths.data_dir)")
+    p.add_argument("--minutes", type=float, default=30.0, help="wall-clock training budget per model")
+    p.add_argument("--models", default="ours,torchvision", help="ours, torchvision or both (comma-separated)")
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--precision", default="32", help="Lightning precision (32: what a CPU without bf16 runs)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", type=Path, default=ROOT / "outputs" / "bench_dsb2018", help="per-run JSON files")
+    p.add_argument("--table", type=Path, default=None, help="only print the table of the JSON files in this folder")
+    p.add_argument("override", nargs="*", help="extra Hydra overrides of the recipe (both models)")
+    args = p.parse_args()
+    if args.table is not None:
+        print(table([json.loads(f.read_text()) for f in sorted(args.table.glob("*.json"))]))
+        return
+    if not (args.data / "dsb2018" / "stage1_train").is_dir():
+        raise SystemExit(f"--data {args.data}: no dsb2018/stage1_train/ (the DSB2018 layout) under it")
+    args.data = args.data.resolve()
+    torch.set_num_threads(args.threads)
+    print(header(f"{args.precision} (Lightning)", args.threads))
+    results = []
+    for which in [m.strip() for m in args.models.split(",") if m.strip()]:
+        if which not in ("ours", "torchvision"):
+            raise SystemExit(f"--models: unknown {which!r}; valid: ours, torchvision")
+        results.append(run(which, args, args.out))
+    print(table(results))
+
+
+if __name__ == "__main__":
+    main()
