@@ -32,8 +32,7 @@ from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _machine import header  # noqa: E402
-
-ROOT = Path(__file__).resolve().parents[1]
+from _recipe import ROOT, calibrate, compose  # noqa: E402
 
 
 class SmpNet(nn.Module):
@@ -60,16 +59,6 @@ class SmpNet(nn.Module):
         return self.net(x)
 
 
-def compose(overrides: list[str]):
-    from hydra import compose as hydra_compose
-    from hydra import initialize_config_dir
-    from hydra.core.global_hydra import GlobalHydra
-
-    GlobalHydra.instance().clear()
-    with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
-        return hydra_compose(config_name="train", overrides=overrides)
-
-
 def build(cfg, which: str, seed: int):
     from hydra.utils import instantiate
 
@@ -92,30 +81,6 @@ def forward_gflops(task, size: int) -> float:
     return counter.get_total_flops() / 1e9
 
 
-def calibrate(task, dm, steps: int = 8, warmup: int = 2) -> tuple[float, int]:
-    """Seconds per training step on real batches (data loading included), on a throw-away copy of the model."""
-    model = copy.deepcopy(task)
-    model.train()
-    opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
-    dm.setup("fit")
-    loader = dm.train_dataloader()
-    it = iter(loader)
-    t0 = 0.0
-    for i in range(warmup + steps):
-        if i == warmup:
-            t0 = time.perf_counter()
-        try:
-            batch = next(it)
-        except StopIteration:
-            it = iter(loader)
-            batch = next(it)
-        loss = model.criterion(model(batch["image"]), batch["mask"])
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-    return (time.perf_counter() - t0) / steps, len(loader)
-
-
 def run(which: str, args, out: Path) -> dict:
     import pytorch_lightning as pl
 
@@ -125,7 +90,7 @@ def run(which: str, args, out: Path) -> dict:
                  f"seed={args.seed}", *args.override]
     cfg = compose(overrides)
     dm, task = build(cfg, which, args.seed)
-    step_s, steps_per_epoch = calibrate(task, dm)
+    step_s, steps_per_epoch = calibrate(task, dm, lambda m, b: m.criterion(m(b["image"]), b["mask"]))
     budget = args.minutes * 60
     epochs = max(1, math.floor(budget * 0.97 / (step_s * steps_per_epoch)))  # 3%: epoch ends, checkpoint-free fit
     print(f"[{which}] {step_s:.3f} s/step x {steps_per_epoch} steps/epoch -> {epochs} epochs in {args.minutes} min",

@@ -23,7 +23,6 @@ fp32 unless ``--precision`` says otherwise; the header gives the CPU's capabilit
 from __future__ import annotations
 
 import argparse
-import copy
 import json
 import math
 import sys
@@ -35,10 +34,9 @@ from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _machine import header  # noqa: E402
+from _recipe import ROOT, calibrate, compose  # noqa: E402
 
 from autotimm.models import InstanceModelBase  # noqa: E402
-
-ROOT = Path(__file__).resolve().parents[1]
 
 
 class TorchvisionMaskRCNN(InstanceModelBase):
@@ -117,16 +115,6 @@ class _TimmLike(nn.Module):
         return list(self.body(x).values())
 
 
-def compose(overrides: list[str]):
-    from hydra import compose as hydra_compose
-    from hydra import initialize_config_dir
-    from hydra.core.global_hydra import GlobalHydra
-
-    GlobalHydra.instance().clear()
-    with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
-        return hydra_compose(config_name="train", overrides=overrides)
-
-
 def build(cfg, which: str, seed: int):
     from hydra.utils import instantiate
 
@@ -140,29 +128,6 @@ def build(cfg, which: str, seed: int):
                                                                  pre["std"]))
         task.model.set_postprocess(max_detections_per_image=int(cfg.arch.max_detections_per_image))
     return dm, task
-
-
-def calibrate(task, dm, steps: int = 6, warmup: int = 2) -> tuple[float, int]:
-    """Seconds per training step on real batches (data loading included), on a throw-away copy of the model."""
-    model = copy.deepcopy(task).train()
-    opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
-    dm.setup("fit")
-    loader = dm.train_dataloader()
-    it = iter(loader)
-    t0 = 0.0
-    for i in range(warmup + steps):
-        if i == warmup:
-            t0 = time.perf_counter()
-        try:
-            batch = next(it)
-        except StopIteration:
-            it = iter(loader)
-            batch = next(it)
-        loss = sum(model.model(batch["image"], batch["targets"]).values())
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-    return (time.perf_counter() - t0) / steps, len(loader)
 
 
 def predict_ms(task, dm, n: int = 20) -> float:
@@ -184,7 +149,7 @@ def run(which: str, args, out: Path) -> dict:
                  f"seed={args.seed}", "model.compile_model=false", *args.override]
     cfg = compose(overrides)
     dm, task = build(cfg, which, args.seed)
-    step_s, steps_per_epoch = calibrate(task, dm)
+    step_s, steps_per_epoch = calibrate(task, dm, lambda m, b: sum(m.model(b["image"], b["targets"]).values()))
     budget = args.minutes * 60
     epochs = max(1, math.floor(budget * 0.97 / (step_s * steps_per_epoch)))
     print(f"[{which}] {step_s:.3f} s/step x {steps_per_epoch} steps/epoch -> {epochs} epochs in {args.minutes} min",

@@ -10,7 +10,7 @@ from typing import Any
 import pytorch_lightning as pl
 from torch.utils.data import DataLoader
 
-from .dataset import SegmentationDataset, collate_segmentation, find_corrupt
+from .dataset import SegmentationDataset, collate_segmentation, drop_corrupt
 from .formats import FORMATS, DatasetLayoutError
 from .formats.base import resolve_test_split
 from .transforms import PRESETS, ModelPreprocess, train_transforms
@@ -100,12 +100,7 @@ class SegmentationDataModule(ModelPreprocess, pl.LightningDataModule):
     def _dataset(self, split: str, train: bool) -> SegmentationDataset:
         data = self._split(split)
         if self.skip_corrupt:
-            bad = set(find_corrupt([s.image_path for s in data.samples]))
-            if bad:
-                data.samples = [s for s in data.samples if str(s.image_path) not in bad]
-                self.skipped_corrupt += sorted(bad)
-                log.warning("%s split %r: skipped %d corrupt image(s) (skip_corrupt=True)", self.format, split,
-                            len(bad))
+            self.skipped_corrupt += drop_corrupt(data, f"{self.format} split {split!r}")
         self.class_names = self.class_names or data.class_names
         if train:
             tf = self.custom_train_transforms or train_transforms(self.augmentation_preset, self.image_size,

@@ -48,6 +48,16 @@ def find_corrupt(paths) -> list[str]:
     return bad
 
 
+def drop_corrupt(data, where: str) -> list[str]:
+    """``skip_corrupt``: leave out the samples of ``data`` (``.samples`` with ``.image_path``) whose image does not
+    decode; return them (counted and logged by the caller's data module)."""
+    bad = set(find_corrupt([s.image_path for s in data.samples]))
+    if bad:
+        data.samples = [s for s in data.samples if str(s.image_path) not in bad]
+        log.warning("%s: skipped %d corrupt image(s) (skip_corrupt=True)", where, len(bad))
+    return sorted(bad)
+
+
 class SegmentationDataset(Dataset):
     """Items: ``image`` float [3,H,W], ``mask`` int64 [H,W], ``image_id``, ``orig_size`` (h, w),
     ``valid_size`` (un-padded h, w after resizing) and, for evaluation, ``orig_mask`` at the original size."""

@@ -19,7 +19,7 @@ import pytorch_lightning as pl
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from .dataset import find_corrupt, read_image
+from .dataset import drop_corrupt, read_image
 from .formats.base import DatasetLayoutError, resolve_test_split
 from .instance_formats import INSTANCE_FORMATS, Instances, InstanceSplit, resolve_instance_format
 from .transforms import PRESETS, ModelPreprocess, apply_eval, eval_finish, eval_resize, train_transforms
@@ -286,12 +286,7 @@ class InstanceSegmentationDataModule(ModelPreprocess, pl.LightningDataModule):
             raise DatasetLayoutError(f"data_dir {self.data_dir} does not exist (format={self.format!r})")
         data = self.format_module.load_split(self.data_dir, split, **self.format_options)
         if self.skip_corrupt:
-            bad = set(find_corrupt([s.image_path for s in data.samples]))
-            if bad:
-                data.samples = [s for s in data.samples if str(s.image_path) not in bad]
-                self.skipped_corrupt += sorted(bad)
-                log.warning("%s split %r: skipped %d corrupt image(s) (skip_corrupt=True)", self.format, split,
-                            len(bad))
+            self.skipped_corrupt += drop_corrupt(data, f"{self.format} split {split!r}")
         tf = (self.custom_train_transforms or instance_train_transforms(self.augmentation_preset, self.image_size,
                                                                         self.preprocess, self.crop_size)) \
             if train else self.custom_val_transforms
