@@ -132,9 +132,13 @@ def test_dsb2018_bad_masks_are_named_errors_or_counted_skips(tmp_path, bad, matc
     root = write_dsb(tmp_path / "d", bad=bad)
     dm = InstanceSegmentationDataModule(root, format="dsb2018", image_size=32, batch_size=2, num_workers=0,
                                         val_split="train")
+    with pytest.raises(ValueError, match=match):
+        dm.setup("fit")  # preloaded (the default): the masks are read at set-up
+    dm = InstanceSegmentationDataModule(root, format="dsb2018", image_size=32, batch_size=2, num_workers=0,
+                                        val_split="train", format_options={"preload": False})
     dm.setup("fit")
     with pytest.raises(ValueError, match=match):
-        dm.val_dataset[0]
+        dm.val_dataset[0]  # read when first needed
     dm = InstanceSegmentationDataModule(root, format="dsb2018", image_size=32, batch_size=2, num_workers=0,
                                         val_split="train", format_options={"skip_bad": True})
     dm.setup("fit")  # asked to skip: image a is left out, counted and logged
@@ -158,7 +162,7 @@ def test_dsb2018_list_entries_and_overlap_policy(tmp_path):
 def test_dsb2018_real_files():
     """The real layout: RGBA images become RGB, masks become one id map per image with one instance per PNG."""
     dm = InstanceSegmentationDataModule(DSB, format="dsb2018", image_size=128, batch_size=2, num_workers=0,
-                                        format_options={"overlaps": "keep_first"})
+                                        format_options={"overlaps": "keep_first", "preload": False})
     dm.setup("fit")
     assert (len(dm.train_dataset), len(dm.val_dataset)) == (464, 100)
     sample = dm.val_dataset.samples[0]
