@@ -222,8 +222,8 @@ def _create(name: str, kwargs: dict[str, Any], image_size: int | None = None) ->
 
 _OFFLINE_HINT = ("Without network access, give the weights as a file (backbone.weights=/path/to/{name}.safetensors, "
                  ".pth or .bin; Python: FeatureBackboneConfig({name!r}, weights=...)), or put them in the Hugging "
-                 "Face cache (HF_HOME) on a machine with network access first; backbone.pretrained=false trains from "
-                 "scratch.")
+                 "Face cache (HF_HOME) on a machine with network access first; or train from scratch with "
+                 "backbone.pretrained=false (Python: FeatureBackboneConfig({name!r}, pretrained=False)).")
 
 
 def _reachable(host: str, port: int = 443, timeout: float = 3.0) -> bool:
