@@ -211,6 +211,10 @@ def main():
         raise SystemExit(f"--data {args.data}: no dsb2018/stage1_train/ (the DSB2018 layout) under it")
     args.data = args.data.resolve()
     torch.set_num_threads(args.threads)
+    import logging
+
+    logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(message)s")
+    logging.getLogger("autotimm").setLevel(logging.INFO)  # ProgressLog's lines
     print(header(f"{args.precision} (Lightning)", args.threads))
     results = []
     for which in [m.strip() for m in args.models.split(",") if m.strip()]:

@@ -313,3 +313,28 @@ def test_slide_finds_the_instances_whole_finds(tmp_path):
     assert key(preds[0]["masks"]) == key(slide["masks"])
     with pytest.raises(ValueError, match="instance models take mode=slide"):
         task.set_tta({"scales": [0.5, 1.0]})
+
+
+def test_fixed_scale_keeps_the_pixel_size(tmp_path):
+    """scale=2: every image is resized by 2 (not its longest side to image_size); training crops image_size
+    windows from it, evaluation runs it whole at that scale (padded to a multiple of 32) and scores at the original
+    size; a model trained so predicts raw images the same way (preprocess.scale)."""
+    from autotimm import FeatureBackboneConfig, InstanceSegmentor
+    from autotimm.inference import predict_instance
+
+    root = write_dsb(tmp_path / "d", images=(("a", 2, 40), ("b", 1, 24)))
+    dm = InstanceSegmentationDataModule(root, format="dsb2018", image_size=32, scale=2.0, batch_size=2,
+                                        num_workers=0, val_split="train", augmentation_preset="light")
+    dm.setup("fit")
+    train = dm.train_dataset[0]
+    assert train["image"].shape == (3, 32, 32)  # a window of the 80 x 80 image
+    val = dm.val_dataset[0]
+    assert val["image"].shape == (3, 96, 96) and val["valid_size"].tolist() == [80, 80]  # 2 x 40, padded to 96
+    assert val["target"]["boxes"].tolist() == [[6, 4, 20, 16], [6, 22, 20, 34]]  # the 40 px boxes, doubled
+    assert val["orig_target"]["masks"].shape == (2, 40, 40)
+    task = InstanceSegmentor(FeatureBackboneConfig("test_resnet", pretrained=False), num_classes=1,
+                             architecture={"_target_": "test_dsb2018.ThresholdModel"}, preprocess={"scale": 2.0})
+    image = np.zeros((40, 50, 3), np.uint8)
+    image[10:20, 5:15] = 255
+    det = predict_instance(task.eval(), image)
+    assert det["masks"].shape == (1, 40, 50) and det["boxes"].tolist() == [[5, 10, 15, 20]]

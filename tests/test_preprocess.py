@@ -35,8 +35,8 @@ def test_overrides_and_bad_values():
     assert model.preprocess["mean"] == [0.1, 0.2, 0.3] and model.preprocess["std"] == [0.5] * 3
     with pytest.raises(ValueError, match=r"preprocess.std: expected 3 values"):
         SemanticSegmentor(tiny, num_classes=2, preprocess={"std": [0.5]})
-    with pytest.raises(ValueError, match=r"preprocess: unknown key\(s\) \['scale'\]"):
-        SemanticSegmentor(tiny, num_classes=2, preprocess={"scale": 2})
+    with pytest.raises(ValueError, match=r"preprocess: unknown key\(s\) \['resolution'\]"):
+        SemanticSegmentor(tiny, num_classes=2, preprocess={"resolution": 2})
 
 
 def write_png_dataset(root, n=3, size=(40, 60)):

@@ -267,7 +267,7 @@ def ensure_weights_reachable(name: str) -> None:
 
 
 # --------------------------------------------------------------------------------------------- preprocessing
-PREPROCESS_KEYS = ("mean", "std", "interpolation", "image_size", "pad_multiple")
+PREPROCESS_KEYS = ("mean", "std", "interpolation", "image_size", "pad_multiple", "scale")
 INTERPOLATIONS = ("nearest", "bilinear", "bicubic", "area", "lanczos")
 
 
@@ -278,7 +278,8 @@ def resolve_preprocess(backbone: TimmFeatureBackbone, overrides: dict[str, Any] 
     config (``timm.data.resolve_model_data_config``: ImageNet statistics for ResNets, 0.5/0.5 for
     ``vit_small_patch16_224``, CLIP's for CLIP/EVA weights); ``image_size`` (the training size: evaluation and
     prediction resize the longest side to it and pad to a square); ``pad_multiple`` (the backbone's deepest
-    stride). Any key given in ``overrides`` with a value other than None wins.
+    stride); ``scale`` only where the data resized every image by a fixed factor instead (then prediction does the
+    same). Any key given in ``overrides`` with a value other than None wins.
     """
     unknown = sorted(set(overrides or {}) - set(PREPROCESS_KEYS))
     if unknown:
@@ -299,4 +300,6 @@ def resolve_preprocess(backbone: TimmFeatureBackbone, overrides: dict[str, Any] 
     if out["image_size"] is not None:
         out["image_size"] = int(out["image_size"])
     out["pad_multiple"] = int(out["pad_multiple"])
+    if out.get("scale") is not None:  # a fixed input scale instead of image_size's longest side (instance data)
+        out["scale"] = float(out["scale"])
     return out

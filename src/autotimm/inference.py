@@ -106,7 +106,8 @@ def predict_instance(model, image: np.ndarray, image_size: int | None = None,
     """Detections at the image's own resolution (boxes, labels, scores, masks; category_ids when known).
 
     Whole image (default): the validation pipeline at the model's ``preprocess.image_size`` (or ``image_size``); a
-    model that does not know its training size runs the image at its own size, padded to the backbone's stride.
+    model trained at a fixed ``preprocess.scale`` runs the image resized by it, and one that knows neither runs the
+    image at its own size, padded to the backbone's stride.
     ``tta.mode=slide``: windows of ``tta.crop_size`` pixels every ``tta.stride`` over the image at its own size
     (resized first when ``image_size`` is given, then by ``tta.scales[0]``), detections merged across windows
     (``autotimm.tta.slide_instances``): large microscopy or histology images at the scale the model learned. The
@@ -128,11 +129,14 @@ def predict_instance(model, image: np.ndarray, image_size: int | None = None,
                               float(post.get("nms_thresh", 0.5)), int(post.get("max_detections_per_image", 100)))
         det = to_original(det, 0, torch.tensor([[h0, w0]]), torch.tensor([list(scaled.shape[:2])]))
         return net.with_category_ids(det)
-    size = image_size or pre.get("image_size")
+    size = image_size or (None if pre.get("scale") else pre.get("image_size"))
     if size:
         x, (vh, vw) = eval_input(image, pre, int(size), device)
-    else:
-        x, (vh, vw) = to_tensor(image, device, pre), (h0, w0)
+    else:  # the image at its own size, or resized by the fixed scale it was trained at (preprocess.scale)
+        s = float(pre.get("scale") or 1.0)
+        scaled = image if s == 1.0 else cv2.resize(image, (max(1, round(w0 * s)), max(1, round(h0 * s))),
+                                                   interpolation=CV2_INTERPOLATION[pre["interpolation"]])
+        x, (vh, vw) = to_tensor(scaled, device, pre), scaled.shape[:2]
         multiple = int(pre.get("pad_multiple") or 32)
         x = pad_to(x, math.ceil(vh / multiple) * multiple, math.ceil(vw / multiple) * multiple)
     return net.predict(x, torch.tensor([[h0, w0]]), torch.tensor([[vh, vw]]))[0]

@@ -114,12 +114,13 @@ class InstanceDataset(Dataset):
     whose instances do not overlap) go through augmentation as one map; per-instance masks are made once, after it."""
 
     def __init__(self, split: InstanceSplit, transform=None, train: bool = True, image_size: int = 640,
-                 preprocess: dict | None = None):
+                 preprocess: dict | None = None, scale: float | None = None, pad_multiple: int = 32):
         self.split = split
         self.samples = split.samples
         self.transform, self.train = transform, train
-        self._resize = None if (train or transform is not None) else eval_resize(image_size, preprocess)
-        self._finish = None if (train or transform is not None) else eval_finish(image_size, 0, preprocess)
+        builtin = not (train or transform is not None)
+        self._resize = eval_resize(image_size, preprocess, scale) if builtin else None
+        self._finish = eval_finish(image_size, 0, preprocess, pad_multiple if scale else None) if builtin else None
 
     def __len__(self) -> int:
         return len(self.samples)
@@ -219,13 +220,13 @@ def collate_instance(items: list[dict[str, Any]]) -> dict[str, Any]:
 
 
 def instance_train_transforms(preset: str, image_size: int, preprocess: dict | None = None,
-                              crop_size: int | None = None) -> A.Compose:
+                              crop_size: int | None = None, scale: float | None = None) -> A.Compose:
     """The preset at ``image_size`` with boxes kept in step; ``crop_size``: train on random crops of that size (the
     detail of ``image_size`` at a crop's cost; evaluation stays whole at ``image_size``)."""
     bbox = A.BboxParams(format="pascal_voc", label_fields=["instance_idx"], min_area=1.0, min_visibility=0.0,
                         clip=True)
     return train_transforms(preset, image_size, ignore_index=0, bbox_params=bbox, preprocess=preprocess,
-                            crop_size=crop_size)
+                            crop_size=crop_size, scale=scale)
 
 
 class InstanceSegmentationDataModule(ModelPreprocess, pl.LightningDataModule):
@@ -233,7 +234,9 @@ class InstanceSegmentationDataModule(ModelPreprocess, pl.LightningDataModule):
     data_dir, image_size, batch_size, num_workers, augmentation_preset, custom_train_transforms (an albumentations
     ``Compose`` with ``bbox_params`` in any box format; boxes, masks and labels stay in step whatever its label
     fields), custom_val_transforms (image only), min_keypoints, min_area (COCO's annotation filters); plus
-    ``crop_size`` (train on random crops of the ``image_size`` images),
+    ``crop_size`` (train on random crops of the ``image_size`` images), ``scale`` (resize every image by this factor
+    instead of its longest side to ``image_size``, which is then the training window: a fixed pixel size, for
+    microscopy; evaluation runs each image whole at that scale, padded to a multiple of 32),
     ``format`` (``coco``, the default; ``dsb2018``; ``instance_png``; or the dotted path of your own format module),
     ``format_options`` (the format's own ``load_split`` arguments: ``dsb2018``'s ``class_map`` / ``skip_bad``,
     ``instance_png``'s ``encoding`` / folders...), split names, ``skip_corrupt`` and ``mean`` / ``std`` /
@@ -248,7 +251,8 @@ class InstanceSegmentationDataModule(ModelPreprocess, pl.LightningDataModule):
                  train_split: str = "train", val_split: str = "val", test_split: str | None = None,
                  num_classes: int | None = None, persistent_workers: bool = True, skip_corrupt: bool = False,
                  mean: list[float] | None = None, std: list[float] | None = None, interpolation: str | None = None,
-                 format: str = "coco", format_options: dict | None = None, crop_size: int | None = None):
+                 format: str = "coco", format_options: dict | None = None, crop_size: int | None = None,
+                 scale: float | None = None):
         super().__init__()
         self._init_preprocess(mean, std, interpolation)
         if augmentation_preset not in PRESETS:
@@ -267,6 +271,9 @@ class InstanceSegmentationDataModule(ModelPreprocess, pl.LightningDataModule):
         if crop_size is not None and not 16 <= int(crop_size) <= int(image_size):
             raise ValueError(f"crop_size must be between 16 and image_size ({image_size}), got {crop_size}")
         self.crop_size = int(crop_size) if crop_size is not None else None
+        if scale is not None and not float(scale) > 0:
+            raise ValueError(f"scale must be > 0 (the factor every image is resized by), got {scale}")
+        self.scale = float(scale) if scale is not None else None
         self.augmentation_preset = augmentation_preset
         self.custom_train_transforms, self.custom_val_transforms = custom_train_transforms, custom_val_transforms
         self.min_keypoints, self.min_area = min_keypoints, min_area
@@ -288,9 +295,10 @@ class InstanceSegmentationDataModule(ModelPreprocess, pl.LightningDataModule):
         if self.skip_corrupt:
             self.skipped_corrupt += drop_corrupt(data, f"{self.format} split {split!r}")
         tf = (self.custom_train_transforms or instance_train_transforms(self.augmentation_preset, self.image_size,
-                                                                        self.preprocess, self.crop_size)) \
+                                                                        self.preprocess, self.crop_size, self.scale)) \
             if train else self.custom_val_transforms
-        ds = InstanceDataset(data, tf, train=train, image_size=self.image_size, preprocess=self.preprocess)
+        ds = InstanceDataset(data, tf, train=train, image_size=self.image_size, preprocess=self.preprocess,
+                             scale=self.scale)
         where = f"{self.format} split {split!r} at {self.data_dir}"
         if self.category_ids is None:
             self.category_ids, self.class_names = list(data.category_ids), list(data.class_names)

@@ -38,14 +38,23 @@ def _pad(size: int, ignore_index: int, position: str = "center") -> A.PadIfNeede
                          fill=0, fill_mask=ignore_index)
 
 
+def _fixed_scale(scale: float, preprocess: dict | None) -> A.RandomScale:
+    """Resize by exactly ``scale`` (albumentations' RandomScale over a one-point range)."""
+    return A.RandomScale(scale_limit=(float(scale) - 1, float(scale) - 1), interpolation=_interp(preprocess), p=1.0)
+
+
 def train_transforms(preset: str, image_size: int, ignore_index: int = 255, bbox_params=None,
-                     preprocess: dict | None = None, crop_size: int | None = None) -> A.Compose:
+                     preprocess: dict | None = None, crop_size: int | None = None,
+                     scale: float | None = None) -> A.Compose:
     """The preset at ``image_size`` (the scale evaluation also uses); ``crop_size`` (< ``image_size``) then trains on
-    random square crops of that size (mmseg's ``crop_size``): full-resolution detail at a crop's cost."""
+    random square crops of that size (mmseg's ``crop_size``): full-resolution detail at a crop's cost. With ``scale``
+    every image is resized by that factor instead (a fixed pixel size, as microscopy wants: the longest side would
+    shrink a large image's objects) and ``image_size`` is the square training window cropped from it."""
     if preset not in PRESETS:
         raise ValueError(f"augmentation_preset: unknown {preset!r}; valid: {list(PRESETS)}")
     s = int(image_size)
-    ops: list = [A.LongestMaxSize(max_size=s, interpolation=_interp(preprocess))]
+    ops: list = [_fixed_scale(scale, preprocess) if scale else A.LongestMaxSize(max_size=s,
+                                                                                 interpolation=_interp(preprocess))]
     if preset == "light":
         ops += [_pad(s, ignore_index), A.HorizontalFlip(p=0.5)]
     elif preset == "default":
@@ -59,16 +68,29 @@ def train_transforms(preset: str, image_size: int, ignore_index: int = 255, bbox
                 _pad(s, ignore_index), A.RandomCrop(s, s), A.HorizontalFlip(p=0.5),
                 A.ColorJitter(brightness=0.4, contrast=0.4, saturation=0.4, hue=0.05, p=0.8),
                 A.OneOf([A.GaussianBlur(blur_limit=(3, 5)), A.GaussNoise(std_range=(0.02, 0.08))], p=0.3)]
+    if scale and preset == "light":  # the other presets crop to the window already
+        ops += [A.RandomCrop(s, s)]
     if crop_size is not None and int(crop_size) < s:
         ops += [A.RandomCrop(int(crop_size), int(crop_size))]
     return A.Compose(ops + _normalize(preprocess), bbox_params=bbox_params)
 
 
-def eval_resize(image_size: int, preprocess: dict | None = None) -> A.Compose:
+def eval_resize(image_size: int, preprocess: dict | None = None, scale: float | None = None) -> A.Compose:
+    """Longest side to ``image_size``, or (``scale``) every image resized by that factor."""
+    if scale:
+        return A.Compose([_fixed_scale(scale, preprocess)])
     return A.Compose([A.LongestMaxSize(max_size=int(image_size), interpolation=_interp(preprocess))])
 
 
-def eval_finish(image_size: int, ignore_index: int = 255, preprocess: dict | None = None) -> A.Compose:
+def eval_finish(image_size: int, ignore_index: int = 255, preprocess: dict | None = None,
+                pad_multiple: int | None = None) -> A.Compose:
+    """Padded bottom/right to the ``image_size`` square, or (``pad_multiple``: images of their own size after a fixed
+    ``scale``) to the next multiple of it; then normalised."""
+    if pad_multiple:
+        pad = A.PadIfNeeded(min_height=None, min_width=None, pad_height_divisor=int(pad_multiple),
+                            pad_width_divisor=int(pad_multiple), position="top_left", border_mode=cv2.BORDER_CONSTANT,
+                            fill=0, fill_mask=ignore_index)
+        return A.Compose([pad] + _normalize(preprocess))
     return A.Compose([_pad(int(image_size), ignore_index, position="top_left")] + _normalize(preprocess))
 
 
@@ -105,7 +127,7 @@ class ModelPreprocess:
                 setattr(self, name, None)
         if model_pre and hasattr(model, "update_preprocess"):
             model.update_preprocess(f"{type(self).__name__}", **{k: v for k, v in own.items() if v is not None},
-                                    image_size=self.image_size)
+                                    image_size=self.image_size, scale=getattr(self, "scale", None))
         self.preprocess = pre
         return pre
 
