@@ -227,3 +227,57 @@ def test_resume_refuses_a_folder_of_another_sweep(tmp_path):
     assert resume_plan(cfg)[0] == "skip"  # failed jobs run again only with resume_failed=true
     cfg.resume_failed = True
     assert resume_plan(cfg) == ("train", None)
+
+
+@pytest.mark.slow
+def test_a_killed_optuna_search_resumes(tmp_path, shapes_root):
+    """An Optuna search (3 trials, study in sqlite) SIGKILLed while trial 1 is between epochs: re-running the same
+    command with hydra.sweep.dir and resume=true leaves trial 0 alone, continues trial 1 with its own parameters from
+    its last.ckpt in its folder, runs trial 2, and the study ends with exactly 3 complete trials, one per folder."""
+    import json
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    import optuna
+    from test_cli import ROOT, run
+
+    db = f"sqlite:///{tmp_path / 'optuna.db'}"
+    args = ["hparams_search=optuna_semantic", "hydra.sweeper.n_trials=3", "hydra.sweeper.sampler.n_startup_trials=3",
+            f"hydra.sweeper.storage={db}", f"dataset.data_dir={shapes_root}", "dataset.num_train=24",
+            "dataset.num_val=8", "dataset.source_size=64", "dataset.seed=3", "dataset.image_size=64",
+            "dataset.batch_size=8", "dataset.num_workers=0", "backbone=test_resnet", "trainer.max_epochs=3",
+            "trainer.check_val_every_n_epoch=1", "task_name=search"]
+    sweep = tmp_path / "search"
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", "WANDB_MODE": "offline", "HF_HUB_OFFLINE": "1"}
+    proc = subprocess.Popen([sys.executable, str(ROOT / "train.py"), *args, f"hydra.sweep.dir={sweep}"], cwd=ROOT,
+                            env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    deadline, killed = time.time() + 600, False
+    while not killed and time.time() < deadline and proc.poll() is None:
+        d = sweep / "1"
+        if (d / "checkpoints" / "last.ckpt").is_file() and not (d / "metrics.json").is_file():
+            os.killpg(proc.pid, signal.SIGKILL)
+            killed = True
+        time.sleep(0.05)
+    proc.wait(timeout=60)
+    assert killed, "the search ended before trial 1 could be killed mid-job"
+    study = optuna.load_study(study_name="search", storage=db)
+    states = [t.state.name for t in study.get_trials()]
+    assert states == ["COMPLETE", "RUNNING"]
+    params_1 = study.get_trials()[1].params
+    first = (sweep / "0" / "metrics.json").read_bytes()
+
+    run("train.py", *args, f"hydra.sweep.dir={sweep}", "resume=true")
+    trials = optuna.load_study(study_name="search", storage=db).get_trials()
+    assert [t.state.name for t in trials] == ["COMPLETE"] * 3  # no trial asked twice, none left running
+    assert trials[1].params == params_1
+    assert (sweep / "0" / "metrics.json").read_bytes() == first  # not trained again
+    for t in trials:
+        metrics = json.loads((sweep / str(t.number) / "metrics.json").read_text())
+        assert metrics["status"] == "completed" and metrics["global_step"] == 3 * 3
+        assert t.value == pytest.approx(metrics["val/miou"])
+        job = json.loads((sweep / str(t.number) / "job.json").read_text())["overrides"]
+        assert f"loss.dice_weight={t.params['loss.dice_weight']}" in job
+    assert "was interrupted: training continues from" in (sweep / "1" / "search.log").read_text()
+    assert not (sweep / "3").exists()
