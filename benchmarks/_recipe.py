@@ -45,3 +45,21 @@ def calibrate(task, dm, loss_of, steps: int = 8, warmup: int = 2) -> tuple[float
         loss.backward()
         opt.step()
     return (time.perf_counter() - t0) / steps, len(loader)
+
+
+def budget_trainer(which: str, step_s: float, steps_per_epoch: int, minutes: float, precision, seed: int,
+                   callbacks=()):
+    """A Lightning trainer for ``minutes`` of training: as many whole epochs as the calibrated step time fits (3%
+    spared for epoch ends) and ``max_time`` as the hard stop; no validation, checkpoints or loggers in the budget."""
+    import math
+
+    import pytorch_lightning as pl
+
+    epochs = max(1, math.floor(minutes * 60 * 0.97 / (step_s * steps_per_epoch)))
+    print(f"[{which}] {step_s:.3f} s/step x {steps_per_epoch} steps/epoch -> {epochs} epochs in {minutes} min",
+          flush=True)
+    pl.seed_everything(seed, workers=True)
+    return pl.Trainer(max_epochs=epochs, max_time={"minutes": minutes}, precision=precision, accelerator="cpu",
+                      devices=1, logger=False, enable_checkpointing=False, enable_progress_bar=False,
+                      enable_model_summary=False, check_val_every_n_epoch=10**6, num_sanity_val_steps=0,
+                      callbacks=list(callbacks))

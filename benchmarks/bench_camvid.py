@@ -22,7 +22,6 @@ from __future__ import annotations
 import argparse
 import copy
 import json
-import math
 import sys
 import time
 from pathlib import Path
@@ -32,7 +31,7 @@ from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _machine import header  # noqa: E402
-from _recipe import ROOT, calibrate, compose  # noqa: E402
+from _recipe import ROOT, budget_trainer, calibrate, compose  # noqa: E402
 
 
 class SmpNet(nn.Module):
@@ -82,7 +81,6 @@ def forward_gflops(task, size: int) -> float:
 
 
 def run(which: str, args, out: Path) -> dict:
-    import pytorch_lightning as pl
 
     from autotimm.tta import TTA
 
@@ -91,15 +89,8 @@ def run(which: str, args, out: Path) -> dict:
     cfg = compose(overrides)
     dm, task = build(cfg, which, args.seed)
     step_s, steps_per_epoch = calibrate(task, dm, lambda m, b: m.criterion(m(b["image"]), b["mask"]))
-    budget = args.minutes * 60
-    epochs = max(1, math.floor(budget * 0.97 / (step_s * steps_per_epoch)))  # 3%: epoch ends, checkpoint-free fit
-    print(f"[{which}] {step_s:.3f} s/step x {steps_per_epoch} steps/epoch -> {epochs} epochs in {args.minutes} min",
-          flush=True)
-    pl.seed_everything(args.seed, workers=True)
-    trainer = pl.Trainer(max_epochs=epochs, max_time={"minutes": args.minutes}, precision=args.precision,
-                         accelerator="cpu", devices=1, logger=False, enable_checkpointing=False,
-                         enable_progress_bar=False, enable_model_summary=False, check_val_every_n_epoch=10**6,
-                         num_sanity_val_steps=0)
+    trainer = budget_trainer(which, step_s, steps_per_epoch, args.minutes, args.precision, args.seed)
+    epochs = trainer.max_epochs
     t0 = time.perf_counter()
     trainer.fit(task, datamodule=dm)
     fit_min = (time.perf_counter() - t0) / 60

@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import sys
 import time
 from pathlib import Path
@@ -34,7 +33,7 @@ from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _machine import header  # noqa: E402
-from _recipe import ROOT, calibrate, compose  # noqa: E402
+from _recipe import ROOT, budget_trainer, calibrate, compose  # noqa: E402
 
 from autotimm.models import InstanceModelBase  # noqa: E402
 
@@ -143,24 +142,17 @@ def predict_ms(task, dm, n: int = 20) -> float:
 
 
 def run(which: str, args, out: Path) -> dict:
-    import pytorch_lightning as pl
 
     overrides = ["experiment=dsb2018", f"paths.data_dir={args.data}", f"trainer.precision={args.precision}",
                  f"seed={args.seed}", "model.compile_model=false", *args.override]
     cfg = compose(overrides)
     dm, task = build(cfg, which, args.seed)
     step_s, steps_per_epoch = calibrate(task, dm, lambda m, b: sum(m.model(b["image"], b["targets"]).values()))
-    budget = args.minutes * 60
-    epochs = max(1, math.floor(budget * 0.97 / (step_s * steps_per_epoch)))
-    print(f"[{which}] {step_s:.3f} s/step x {steps_per_epoch} steps/epoch -> {epochs} epochs in {args.minutes} min",
-          flush=True)
-    pl.seed_everything(args.seed, workers=True)
     from autotimm.training import ProgressLog
 
-    trainer = pl.Trainer(max_epochs=epochs, max_time={"minutes": args.minutes}, precision=args.precision,
-                         accelerator="cpu", devices=1, logger=False, enable_checkpointing=False,
-                         enable_progress_bar=False, enable_model_summary=False, check_val_every_n_epoch=10**6,
-                         num_sanity_val_steps=0, callbacks=[ProgressLog(every_s=120)])
+    trainer = budget_trainer(which, step_s, steps_per_epoch, args.minutes, args.precision, args.seed,
+                             callbacks=[ProgressLog(every_s=120)])
+    epochs = trainer.max_epochs
     t0 = time.perf_counter()
     trainer.fit(task, datamodule=dm)
     fit_min = (time.perf_counter() - t0) / 60
