@@ -145,6 +145,41 @@ def test_instance_test_stage_uses_the_coco_test_split(tmp_path, shapes_root):
 
 
 # ------------------------------------------------------------------------------------------------ resume a sweep
+def tiny_sweep_args(shapes_root, task_name: str) -> list[str]:
+    """Three 3-step epochs of test_resnet on 24 shapes, validated and checkpointed every epoch."""
+    return [f"dataset.data_dir={shapes_root}", "dataset.num_train=24", "dataset.num_val=8", "dataset.source_size=64",
+            "dataset.seed=3", "dataset.image_size=64", "dataset.batch_size=8", "dataset.num_workers=0",
+            "backbone=test_resnet", "trainer.max_epochs=3", "trainer.check_val_every_n_epoch=1",
+            f"task_name={task_name}"]
+
+
+def run_until_killed(args: list[str], sweep, jobs: tuple[str, ...]) -> str | None:
+    """``python train.py *args`` into ``sweep``, SIGKILLed (its whole process group) as soon as one of ``jobs`` is
+    between epochs (its last.ckpt written, no metrics.json yet); that job, or None if the sweep ended first."""
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    from test_cli import ROOT
+
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", "WANDB_MODE": "offline", "HF_HUB_OFFLINE": "1"}
+    proc = subprocess.Popen([sys.executable, str(ROOT / "train.py"), *args, f"hydra.sweep.dir={sweep}"], cwd=ROOT,
+                            env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    interrupted = None
+    deadline = time.time() + 600
+    while interrupted is None and time.time() < deadline and proc.poll() is None:
+        for job in jobs:
+            d = sweep / job
+            if (d / "checkpoints" / "last.ckpt").is_file() and not (d / "metrics.json").is_file():
+                os.killpg(proc.pid, signal.SIGKILL)
+                interrupted = job
+                break
+        time.sleep(0.05)
+    proc.wait(timeout=60)
+    return interrupted
+
+
 @pytest.mark.slow
 def test_a_killed_sweep_resumes(tmp_path, shapes_root):
     """A real 4-job sweep SIGKILLed while a job is between epochs (its last.ckpt written, no metrics.json):
@@ -153,39 +188,19 @@ def test_a_killed_sweep_resumes(tmp_path, shapes_root):
     the report has the settings and counts of an uninterrupted sweep."""
     import csv
     import json
-    import os
-    import signal
-    import subprocess
-    import sys
 
-    from test_cli import ROOT, run
+    from test_cli import run
 
     from autotimm.report import write_report
 
-    args = ["-m", "loss.dice_weight=0.0,0.5,1.0,2.0", f"dataset.data_dir={shapes_root}", "dataset.num_train=24",
-            "dataset.num_val=8", "dataset.source_size=64", "dataset.seed=3", "dataset.image_size=64",
-            "dataset.batch_size=8", "dataset.num_workers=0", "backbone=test_resnet", "trainer.max_epochs=3",
-            "trainer.check_val_every_n_epoch=1", "task_name=sweep"]
+    args = ["-m", "loss.dice_weight=0.0,0.5,1.0,2.0", *tiny_sweep_args(shapes_root, "sweep")]
     sweep = tmp_path / "killed"
-    env = {**os.environ, "PYTHONUNBUFFERED": "1", "WANDB_MODE": "offline", "HF_HUB_OFFLINE": "1"}
-    proc = subprocess.Popen([sys.executable, str(ROOT / "train.py"), *args, f"hydra.sweep.dir={sweep}"], cwd=ROOT,
-                            env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
-    interrupted = None
-    deadline = time.time() + 600
-    while interrupted is None and time.time() < deadline and proc.poll() is None:
-        for job in ("1", "2", "3"):
-            d = sweep / job
-            if (d / "checkpoints" / "last.ckpt").is_file() and not (d / "metrics.json").is_file():
-                os.killpg(proc.pid, signal.SIGKILL)
-                interrupted = job
-                break
-        time.sleep(0.05)
-    proc.wait(timeout=60)
+    interrupted = run_until_killed(args, sweep, ("1", "2", "3"))
     assert interrupted is not None, "the sweep ended before it could be killed mid-job"
     done = {j: (sweep / j / "metrics.json").read_bytes() for j in "0123" if (sweep / j / "metrics.json").is_file()}
     assert "0" in done and interrupted not in done
 
-    proc = run("train.py", *args, f"hydra.sweep.dir={sweep}", "resume=true")
+    run("train.py", *args, f"hydra.sweep.dir={sweep}", "resume=true")
     for job in "0123":
         metrics = json.loads((sweep / job / "metrics.json").read_text())
         assert metrics["status"] == "completed", job
@@ -235,32 +250,15 @@ def test_a_killed_optuna_search_resumes(tmp_path, shapes_root):
     command with hydra.sweep.dir and resume=true leaves trial 0 alone, continues trial 1 with its own parameters from
     its last.ckpt in its folder, runs trial 2, and the study ends with exactly 3 complete trials, one per folder."""
     import json
-    import os
-    import signal
-    import subprocess
-    import sys
 
     import optuna
-    from test_cli import ROOT, run
+    from test_cli import run
 
     db = f"sqlite:///{tmp_path / 'optuna.db'}"
     args = ["hparams_search=optuna_semantic", "hydra.sweeper.n_trials=3", "hydra.sweeper.sampler.n_startup_trials=3",
-            f"hydra.sweeper.storage={db}", f"dataset.data_dir={shapes_root}", "dataset.num_train=24",
-            "dataset.num_val=8", "dataset.source_size=64", "dataset.seed=3", "dataset.image_size=64",
-            "dataset.batch_size=8", "dataset.num_workers=0", "backbone=test_resnet", "trainer.max_epochs=3",
-            "trainer.check_val_every_n_epoch=1", "task_name=search"]
+            f"hydra.sweeper.storage={db}", *tiny_sweep_args(shapes_root, "search")]
     sweep = tmp_path / "search"
-    env = {**os.environ, "PYTHONUNBUFFERED": "1", "WANDB_MODE": "offline", "HF_HUB_OFFLINE": "1"}
-    proc = subprocess.Popen([sys.executable, str(ROOT / "train.py"), *args, f"hydra.sweep.dir={sweep}"], cwd=ROOT,
-                            env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
-    deadline, killed = time.time() + 600, False
-    while not killed and time.time() < deadline and proc.poll() is None:
-        d = sweep / "1"
-        if (d / "checkpoints" / "last.ckpt").is_file() and not (d / "metrics.json").is_file():
-            os.killpg(proc.pid, signal.SIGKILL)
-            killed = True
-        time.sleep(0.05)
-    proc.wait(timeout=60)
+    killed = run_until_killed(args, sweep, ("1",)) == "1"
     assert killed, "the search ended before trial 1 could be killed mid-job"
     study = optuna.load_study(study_name="search", storage=db)
     states = [t.state.name for t in study.get_trials()]
