@@ -279,3 +279,12 @@ def test_a_killed_optuna_search_resumes(tmp_path, shapes_root):
         assert f"loss.dice_weight={t.params['loss.dice_weight']}" in job
     assert "was interrupted: training continues from" in (sweep / "1" / "search.log").read_text()
     assert not (sweep / "3").exists()
+
+
+def test_resuming_an_optuna_search_needs_its_storage():
+    """Without a storage the study lived in memory: resume=true says so instead of starting a new search."""
+    from autotimm.hparams_search import ResumableOptunaImpl
+
+    impl = ResumableOptunaImpl(None, "maximize", None, "search", 3, 1, 0.0, None, None, None)
+    with pytest.raises(ValueError, match=r"resume=true with the Optuna sweeper needs the study's storage"):
+        impl._resume_study()
