@@ -4,6 +4,7 @@ Prints training images/s (resnet18, 128x128, batch 8), FCOS target-assignment ti
 predict time per image with 1 and with 100 detections.
 
     python benchmarks/bench_instance.py                 # this repository's InstanceSegmentor
+    python benchmarks/bench_instance.py --archs         # FCOS vs Mask R-CNN as experiment=ablate_instance_arch
     /path/to/venv/bin/python benchmarks/bench_instance.py --public
         # the public AutoTimm (pip install autotimm==0.7.37 in a separate virtual environment): training row only
 
@@ -260,8 +261,8 @@ def bench_mask_heads(args):
             print(f"| autotimm {name} | {time_steps(ours, args.steps) / k * 1000:.3f} |")
 
 
-def dense_model(overrides: list[str] | None = None):
-    """The model ``python train.py experiment=instance_dense`` trains (composed from conf/, so the benchmark
+def dense_model(overrides: list[str] | None = None, experiment: str = "instance_dense"):
+    """The model ``python train.py experiment=<experiment>`` trains (composed from conf/, so the benchmark
     measures the recipe as configured), with ``overrides`` on top."""
     from pathlib import Path
 
@@ -272,7 +273,7 @@ def dense_model(overrides: list[str] | None = None):
     GlobalHydra.instance().clear()
     conf = Path(__file__).resolve().parents[1] / "conf"
     with initialize_config_dir(config_dir=str(conf), version_base="1.3"):
-        cfg = compose(config_name="train", overrides=["experiment=instance_dense", "model.compile_model=false",
+        cfg = compose(config_name="train", overrides=[f"experiment={experiment}", "model.compile_model=false",
                                                        *(overrides or [])])
     return instantiate(cfg.model), cfg
 
@@ -312,6 +313,41 @@ def bench_dense(args):
         print(f"| predict ms / image, {got} detections (masks pasted at {size}x{size}) | {t * 1000:.0f} |")
 
 
+def bench_archs(args):
+    """experiment=ablate_instance_arch's two models (experiment=instance_shapes with arch=fcos / arch=maskrcnn,
+    composed from conf/) at the recipe's image and batch size: train img/s on a synthetic batch (3 shapes per
+    image) and predict ms / image on one image as configured (score 0.05, up to 100 detections), with the count."""
+    print("| arch | train GFLOP / image | train img/s | detections / image | predict GFLOP / image | "
+          "predict ms / image |")
+    print("|---|---:|---:|---:|---:|---:|")
+    for arch in ("fcos", "maskrcnn"):
+        torch.manual_seed(0)
+        model, cfg = dense_model([f"arch={arch}", *args.override], experiment="instance_shapes")
+        size, batch = int(cfg.dataset.image_size), int(cfg.dataset.batch_size)
+        images, boxes, labels, masks = synthetic_batch(batch, size)
+        targets = [{"boxes": b, "labels": lab, "masks": m, "iscrowd": torch.zeros(len(b), dtype=torch.bool)}
+                   for b, lab, m in zip(boxes, labels, masks)]
+        model.log = lambda *a, **k: None
+        opt = model.configure_optimizers()["optimizer"]
+        model.train()
+        step = make_step(lambda m=model, b={"image": images, "targets": targets}: m.training_step(b, 0), opt)
+        for _ in range(args.steps):  # a few steps, so the detections are not the untrained model's
+            step()
+        with FlopCounterMode(display=False) as counter:
+            step()
+        train_gflop = counter.get_total_flops() / batch / 1e9
+        sec = time_steps(step, max(2, args.steps // 2), warmup=1, trials=2)
+        model.eval()
+        x = images[:1]
+        with torch.no_grad():
+            got = len(model.predict(x)[0]["boxes"])
+            with FlopCounterMode(display=False) as counter:
+                model.predict(x)
+            t = time_steps(lambda m=model, x=x: m.predict(x), max(3, args.steps // 2), warmup=1)
+        print(f"| {arch} | {train_gflop:.1f} | {batch / sec:.2f} | {got} | {counter.get_total_flops() / 1e9:.1f} | "
+              f"{t * 1000:.0f} |")
+
+
 def main():
     p = argparse.ArgumentParser()
     p.add_argument("--public", action="store_true", help="benchmark the installed public autotimm instead")
@@ -320,7 +356,9 @@ def main():
     p.add_argument("--size", type=int, default=128)
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--dense", action="store_true", help="only the dense-scene table (experiment=instance_dense)")
-    p.add_argument("--override", nargs="*", default=[], help="--dense: Hydra overrides on experiment=instance_dense")
+    p.add_argument("--archs", action="store_true",
+                   help="only the architecture table (experiment=instance_shapes, arch=fcos vs arch=maskrcnn)")
+    p.add_argument("--override", nargs="*", default=[], help="--dense / --archs: Hydra overrides on the experiment")
     args = p.parse_args()
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
@@ -330,6 +368,8 @@ def main():
     args.rate = rate
     if args.dense:
         bench_dense(args)
+    elif args.archs:
+        bench_archs(args)
     elif args.public:
         print("| model | precision | train img/s |")
         print("|---|---|---:|")
