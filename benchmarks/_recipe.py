@@ -63,3 +63,17 @@ def budget_trainer(which: str, step_s: float, steps_per_epoch: int, minutes: flo
                       devices=1, logger=False, enable_checkpointing=False, enable_progress_bar=False,
                       enable_model_summary=False, check_val_every_n_epoch=10**6, num_sanity_val_steps=0,
                       callbacks=list(callbacks))
+
+
+def budget_args(p, name: str, baseline: str):
+    """The options both equal-wall-clock benchmarks take (after their own ``--data``): budget, models, threads,
+    precision, seed, output folder, ``--table`` and extra Hydra overrides."""
+    p.add_argument("--minutes", type=float, default=30.0, help="wall-clock training budget per model")
+    p.add_argument("--models", default=f"ours,{baseline}", help=f"ours, {baseline} or both (comma-separated)")
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--precision", default="32", help="Lightning precision (32: what a CPU without bf16 runs)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", type=Path, default=ROOT / "outputs" / name, help="per-run JSON files")
+    p.add_argument("--table", type=Path, default=None, help="only print the table of the JSON files in this folder")
+    p.add_argument("override", nargs="*", help="extra Hydra overrides of the recipe (both models)")
+    return p

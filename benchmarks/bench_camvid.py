@@ -31,7 +31,7 @@ from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _machine import header  # noqa: E402
-from _recipe import ROOT, budget_trainer, calibrate, compose  # noqa: E402
+from _recipe import ROOT, budget_args, budget_trainer, calibrate, compose  # noqa: E402
 
 
 class SmpNet(nn.Module):
@@ -128,15 +128,8 @@ def main():
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--data", type=Path, default=ROOT.parent / "shared" / "data" / "camvid",
                    help="the camvid folder (train/, trainannot/, val/, valannot/)")
-    p.add_argument("--minutes", type=float, default=30.0, help="wall-clock training budget per model")
-    p.add_argument("--models", default="ours,smp", help="ours, smp or both (comma-separated)")
-    p.add_argument("--threads", type=int, default=2)
-    p.add_argument("--precision", default="32", help="Lightning precision (32: what a CPU without bf16 runs)")
-    p.add_argument("--seed", type=int, default=0)
     p.add_argument("--tta", action="store_true", help="also score ours multi-scale (0.5-1.75) + flip")
-    p.add_argument("--out", type=Path, default=ROOT / "outputs" / "bench_camvid", help="per-run JSON files")
-    p.add_argument("--table", type=Path, default=None, help="only print the table of the JSON files in this folder")
-    p.add_argument("override", nargs="*", help="extra Hydra overrides of the recipe (both models)")
+    budget_args(p, "bench_camvid", "smp")
     args = p.parse_args()
     if args.table is not None:
         print(table([json.loads(f.read_text()) for f in sorted(args.table.glob("*.json"))]))

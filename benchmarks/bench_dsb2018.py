@@ -33,7 +33,7 @@ from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _machine import header  # noqa: E402
-from _recipe import ROOT, budget_trainer, calibrate, compose  # noqa: E402
+from _recipe import ROOT, budget_args, budget_trainer, calibrate, compose  # noqa: E402
 
 from autotimm.models import InstanceModelBase  # noqa: E402
 
@@ -187,14 +187,7 @@ def main():
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--data", type=Path, default=ROOT.parent / "shared" / "data",
                    help="the folder holding dsb2018/ (paths.data_dir)")
-    p.add_argument("--minutes", type=float, default=30.0, help="wall-clock training budget per model")
-    p.add_argument("--models", default="ours,torchvision", help="ours, torchvision or both (comma-separated)")
-    p.add_argument("--threads", type=int, default=2)
-    p.add_argument("--precision", default="32", help="Lightning precision (32: what a CPU without bf16 runs)")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--out", type=Path, default=ROOT / "outputs" / "bench_dsb2018", help="per-run JSON files")
-    p.add_argument("--table", type=Path, default=None, help="only print the table of the JSON files in this folder")
-    p.add_argument("override", nargs="*", help="extra Hydra overrides of the recipe (both models)")
+    budget_args(p, "bench_dsb2018", "torchvision")
     args = p.parse_args()
     if args.table is not None:
         print(table([json.loads(f.read_text()) for f in sorted(args.table.glob("*.json"))]))
