@@ -10,6 +10,7 @@ runs once, after training, on the val split scored at the original 480x360 (CamV
 ``--tta`` also scores ours multi-scale + flip (mmseg's 0.5-1.75 scales).
 
     python benchmarks/bench_camvid.py --minutes 30                  # both, one after the other, 2 threads each
+    python benchmarks/bench_camvid.py --minutes 60 --experiment camvid_60min    # the 60-minute recipe
     python benchmarks/bench_camvid.py --models ours --threads 1 --out /tmp/bc &   # or side by side, one core each
     python benchmarks/bench_camvid.py --models smp --threads 1 --out /tmp/bc; python benchmarks/bench_camvid.py \\
         --table /tmp/bc
@@ -84,10 +85,11 @@ def run(which: str, args, out: Path) -> dict:
 
     from autotimm.tta import TTA
 
-    overrides = ["experiment=camvid", f"dataset.data_dir={args.data}", f"trainer.precision={args.precision}",
-                 f"seed={args.seed}", *args.override]
+    overrides = [f"experiment={args.experiment}", f"dataset.data_dir={args.data}",
+                 f"trainer.precision={args.precision}", f"seed={args.seed}", *args.override]
     cfg = compose(overrides)
     dm, task = build(cfg, which, args.seed)
+    train_size = int(cfg.dataset.crop_size or cfg.dataset.image_size)  # the square a training step sees
     step_s, steps_per_epoch = calibrate(task, dm, lambda m, b: m.criterion(m(b["image"]), b["mask"]))
     trainer = budget_trainer(which, step_s, steps_per_epoch, args.minutes, args.precision, args.seed)
     epochs = trainer.max_epochs
@@ -97,7 +99,8 @@ def run(which: str, args, out: Path) -> dict:
     res = {"model": which, "epochs_planned": epochs, "epochs_done": int(trainer.current_epoch),
            "fit_min": round(fit_min, 2), "s_per_step": round(step_s, 3), "threads": torch.get_num_threads(),
            "precision": str(args.precision), "seed": args.seed, "overrides": overrides,
-           "gflops_160": round(forward_gflops(task, 160), 2)}
+           "gflops_160": round(forward_gflops(task, 160), 2), "train_size": train_size,
+           "gflops_train": round(forward_gflops(task, train_size), 2)}
     res["val"] = {k: float(v) for k, v in trainer.validate(task, datamodule=dm, verbose=False)[0].items()}
     if args.tta and which == "ours":
         task.set_tta(TTA(scales=(0.5, 0.75, 1.0, 1.25, 1.5, 1.75), flip=True), ["val"])
@@ -109,7 +112,7 @@ def run(which: str, args, out: Path) -> dict:
 
 def table(results: list[dict]) -> str:
     names = sorted({k[len("val/iou_"):] for r in results for k in r["val"] if k.startswith("val/iou_")})
-    cols = ["val mIoU", "pixel acc", "GFLOPs/img 160", "epochs", "fit min", "threads"] + names
+    cols = ["val mIoU", "pixel acc", "GFLOPs/img 160", "GFLOPs/crop (px)", "epochs", "fit min", "threads"] + names
     lines = ["| model | " + " | ".join(cols) + " |", "|---|" + "---:|" * len(cols)]
     for r in results:
         rows = [(r["model"], r["val"])]
@@ -117,6 +120,7 @@ def table(results: list[dict]) -> str:
             rows.append((r["model"] + " ms+flip", r["val_msflip"]))
         for name, v in rows:
             cells = [f"{v['val/miou']:.3f}", f"{v['val/pixel_acc']:.3f}", f"{r['gflops_160']:.2f}",
+                     f"{r.get('gflops_train', r['gflops_160']):.2f} ({r.get('train_size', 160)})",
                      f"{r['epochs_done']}/{r['epochs_planned']}",
                      f"{r['fit_min']:.1f}", str(r["threads"])] + [f"{v.get('val/iou_' + n, float('nan')):.3f}"
                                                                  for n in names]
@@ -128,6 +132,7 @@ def main():
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--data", type=Path, default=ROOT.parent / "shared" / "data" / "camvid",
                    help="the camvid folder (train/, trainannot/, val/, valannot/)")
+    p.add_argument("--experiment", default="camvid", help="the recipe both train with (camvid, camvid_60min)")
     p.add_argument("--tta", action="store_true", help="also score ours multi-scale (0.5-1.75) + flip")
     budget_args(p, "bench_camvid", "smp")
     args = p.parse_args()
