@@ -101,3 +101,24 @@ def test_custom_ignore_index():
     t = target.clone()
     t[0, 0, 1] = -1
     assert CrossEntropySegmentationLoss(2, ignore_index=-1)(logits, t).item() == pytest.approx(math.log(2), abs=1e-6)
+
+
+def test_combined_class_weights_weight_the_ce_term():
+    """Two pixels: target 0 with logits (0, 0) -> CE ln 2; target 1 with logits (0, ln 3) -> CE ln(4/3). Weights
+    (1, 3): the weighted mean (1 ln 2 + 3 ln(4/3)) / 4; Dice is unweighted and added as before."""
+    logits = torch.tensor([[[[0.0, 0.0]], [[0.0, math.log(3.0)]]]])  # [1, 2, 1, 2]
+    target = torch.tensor([[[0, 1]]])
+    expected_ce = (math.log(2.0) + 3 * math.log(4 / 3)) / 4
+    ce_only = CombinedSegmentationLoss(num_classes=2, dice_weight=0.0, class_weights=[1.0, 3.0])
+    assert ce_only(logits, target).item() == pytest.approx(expected_ce, rel=1e-6)
+    both = CombinedSegmentationLoss(num_classes=2, class_weights=[1.0, 3.0])
+    dice = DiceLoss(num_classes=2)(logits, target).item()
+    assert both(logits, target).item() == pytest.approx(expected_ce + dice, rel=1e-6)
+    unweighted = CombinedSegmentationLoss(num_classes=2, dice_weight=0.0)
+    assert unweighted(logits, target).item() == pytest.approx((math.log(2.0) + math.log(4 / 3)) / 2, rel=1e-6)
+
+
+@pytest.mark.parametrize("weights", [[1.0, 2.0, 3.0], [1.0, -1.0], [0.0, 0.0]])
+def test_class_weights_bad_input_names_the_field(weights):
+    with pytest.raises(ValueError, match="loss.class_weights"):
+        CombinedSegmentationLoss(num_classes=2, class_weights=weights)

@@ -42,6 +42,12 @@ class CrossEntropySegmentationLoss(nn.Module):
         self.num_classes = num_classes
         self.ignore_index = ignore_index
         self.label_smoothing = label_smoothing
+        if class_weights is not None:
+            if num_classes is not None and len(class_weights) != num_classes:
+                raise ValueError(f"loss.class_weights: {len(class_weights)} weights for {num_classes} classes; "
+                                 "expected one weight per class, in class-id order")
+            if any(w < 0 for w in class_weights) or not any(w > 0 for w in class_weights):
+                raise ValueError(f"loss.class_weights: {list(class_weights)}; expected weights >= 0, at least one > 0")
         self.register_buffer("class_weights", torch.tensor(class_weights, dtype=torch.float32)
                              if class_weights is not None else None, persistent=False)
 
@@ -163,10 +169,10 @@ class FocalLossPixelwise(nn.Module):
 
 
 class CombinedSegmentationLoss(nn.Module):
-    """``ce_weight * CrossEntropy + dice_weight * Dice``."""
+    """``ce_weight * CrossEntropy + dice_weight * Dice``; ``class_weights`` (one per class) weight the CE term."""
 
     def __init__(self, num_classes: int | None = None, ce_weight: float = 1.0, dice_weight: float = 1.0,
-                 ignore_index: int = 255, smooth: float = 1.0):
+                 ignore_index: int = 255, smooth: float = 1.0, class_weights: list[float] | None = None):
         super().__init__()
         if ce_weight < 0 or dice_weight < 0:
             raise ValueError(f"ce_weight and dice_weight must be >= 0, got {ce_weight}, {dice_weight}")
@@ -175,7 +181,7 @@ class CombinedSegmentationLoss(nn.Module):
         self.num_classes = num_classes
         self.ce_weight, self.dice_weight = ce_weight, dice_weight
         self.ignore_index = ignore_index
-        self.ce = CrossEntropySegmentationLoss(num_classes, ignore_index)
+        self.ce = CrossEntropySegmentationLoss(num_classes, ignore_index, class_weights=class_weights)
         self.dice = DiceLoss(num_classes, ignore_index, smooth)
 
     def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
