@@ -218,3 +218,17 @@ def test_recipes_live_in_experiment_and_follow_the_dataset(tmp_path):
     assert cfg.dataset.data_dir.endswith("/camvid")
     cfg = compose_cfg(tmp_path, ["experiment=camvid_pretrained"])
     assert (cfg.backbone.pretrained, cfg.model.lr, cfg.dataset.crop_size) == (True, 1e-3, 160)
+
+
+
+@pytest.mark.parametrize("arch", ["fcos_dense", "maskrcnn"])
+def test_dsb2018_recipe_takes_either_architecture(tmp_path, arch):
+    """experiment=dsb2018 sets only what both architectures take: arch=maskrcnn on the command line builds Mask R-CNN
+    with the recipe's 500 detections (no FCOS-only key reaches its constructor); by default FCOS for dense scenes."""
+    overrides = ["experiment=dsb2018", "backbone=test_resnet"] + (["arch=maskrcnn"] if arch == "maskrcnn" else [])
+    model = instantiate(compose_cfg(tmp_path, overrides).model).model
+    expected = autotimm.models.MaskRCNNModel if arch == "maskrcnn" else autotimm.models.FCOSInstanceModel
+    assert type(model) is expected
+    assert model.max_detections_per_image == 500
+    if arch == "fcos_dense":
+        assert (model.pre_nms_top_k, model.mask_rois_per_image) == (2000, 64)
