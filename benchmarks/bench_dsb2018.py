@@ -10,7 +10,8 @@ instead of the backbone's default FrozenBatchNorm (frozen identity statistics ca
 budget of wall-clock minutes: a short calibration sets how many epochs fit, the cosine schedule is laid over them and
 Lightning's ``max_time`` stops a run that would overrun. Validation runs once, after training, on the 100 val images
 at their original resolution: COCO mask AP / AP@0.5 (500 detections), the challenge's ``dsb_score`` and
-``match_acc_50`` (detections scoring >= 0.5), then predict ms / image.
+``match_acc_50`` (the detections scoring at least the threshold the recipe's ``ScoreThresholdCalibration`` chose on
+32 training images; then, for comparison, a second pass at the metric's fixed 0.5), then predict ms / image.
 
     python benchmarks/bench_dsb2018.py --minutes 30                 # both, one after the other, 2 threads each
     python benchmarks/bench_dsb2018.py --models ours --threads 1 --out /tmp/bd &    # or side by side, one core each
@@ -133,6 +134,7 @@ def predict_ms(task, dm, n: int = 20) -> float:
     """Predict time per val image through the evaluation pipeline (masks pasted at the original size)."""
     task.eval()
     ds = dm.val_dataset
+    n = min(n, len(ds))
     t = time.perf_counter()
     with torch.no_grad():
         for i in range(n):
@@ -142,16 +144,21 @@ def predict_ms(task, dm, n: int = 20) -> float:
 
 
 def run(which: str, args, out: Path) -> dict:
+    import pytorch_lightning as pl
 
     overrides = ["experiment=dsb2018", f"paths.data_dir={args.data}", f"trainer.precision={args.precision}",
                  f"seed={args.seed}", "model.compile_model=false", *args.override]
     cfg = compose(overrides)
     dm, task = build(cfg, which, args.seed)
     step_s, steps_per_epoch = calibrate(task, dm, lambda m, b: sum(m.model(b["image"], b["targets"]).values()))
+    from hydra.utils import instantiate
+
     from autotimm.training import ProgressLog
 
+    # the recipe's score calibration (the matching score's threshold chosen on training images before validation)
+    calib = [instantiate(c) for k, c in (cfg.get("callbacks") or {}).items() if k == "score_calibration"]
     trainer = budget_trainer(which, step_s, steps_per_epoch, args.minutes, args.precision, args.seed,
-                             callbacks=[ProgressLog(every_s=120)])
+                             callbacks=[ProgressLog(every_s=120), *calib])
     epochs = trainer.max_epochs
     t0 = time.perf_counter()
     trainer.fit(task, datamodule=dm)
@@ -161,23 +168,51 @@ def run(which: str, args, out: Path) -> dict:
            "fit_min": round(fit_min, 2), "train_img_s": round(images / (fit_min * 60), 2),
            "s_per_step": round(step_s, 3), "threads": torch.get_num_threads(), "precision": str(args.precision),
            "seed": args.seed, "overrides": overrides}
+    t0 = time.perf_counter()
     res["val"] = {k: float(v) for k, v in trainer.validate(task, datamodule=dm, verbose=False)[0].items()}
-    res["predict_ms"] = round(predict_ms(task, dm), 1)
+    res["val_min"] = round((time.perf_counter() - t0) / 60, 2)
     out.mkdir(parents=True, exist_ok=True)
-    (out / f"{which}_seed{args.seed}.json").write_text(json.dumps(res, indent=1))
+    path = out / f"{which}_seed{args.seed}.json"
+    path.write_text(json.dumps(res, indent=1))  # kept should a later step fail
+    if calib:  # the same weights at the metric's configured threshold, for comparison
+        from autotimm.training.calibration import set_score_thresh
+
+        c = calib[0]
+        res["calibration"] = {"objective": c.objective, "images": c.images, "score_thresh": c.score_thresh,
+                              "train_" + c.objective: dict(zip(c.grid.round(2).tolist(), c.table.round(4).tolist()))}
+        fixed = [float(m.get("params", {}).get("score_thresh", 0.5)) for m in cfg.model.metrics
+                 if str(m.get("metric_class")) == "MatchingAccuracy"][0]
+        set_score_thresh(task, fixed)
+        manager = task.metric_manager
+        every = manager.configs
+        manager.configs = [m for m in every if "MatchingAccuracy" in str(m.metric_class)]  # COCO AP is unchanged
+        try:
+            plain = pl.Trainer(accelerator="cpu", devices=1, precision=args.precision, logger=False,
+                               enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False)
+            fixed_val = plain.validate(task, datamodule=dm, verbose=False)[0]
+        finally:
+            manager.configs = every
+        res["val_fixed"] = {k: float(v) for k, v in fixed_val.items() if "match" in k or k in ("val/dsb_score",
+                                                                                                "val/score_thresh")}
+    res["predict_ms"] = round(predict_ms(task, dm), 1)
+    path.write_text(json.dumps(res, indent=1))
     return res
 
 
 def table(results: list[dict]) -> str:
-    cols = ["val mask AP", "AP@0.5", "match_acc_50", "dsb_score", "TP / FP / FN @0.5", "train img/s",
-            "predict ms/img", "epochs", "fit min", "threads"]
+    cols = ["val mask AP", "AP@0.5", "match_acc_50", "dsb_score", "TP / FP / FN @0.5", "score thr.",
+            "match_acc_50 / dsb_score at the fixed thr.", "train img/s", "predict ms/img", "epochs", "fit min",
+            "threads"]
     lines = ["| model | " + " | ".join(cols) + " |", "|---|" + "---:|" * len(cols)]
     for r in results:
         v = r["val"]
         cells = [f"{v.get('val/mask_map', float('nan')):.3f}", f"{v.get('val/mask_map_50', float('nan')):.3f}",
                  f"{v.get('val/match_acc_50', float('nan')):.3f}", f"{v.get('val/dsb_score', float('nan')):.3f}",
                  f"{v.get('val/match_tp_50', 0):.0f} / {v.get('val/match_fp_50', 0):.0f} / "
-                 f"{v.get('val/match_fn_50', 0):.0f}", f"{r['train_img_s']:.2f}", f"{r['predict_ms']:.0f}",
+                 f"{v.get('val/match_fn_50', 0):.0f}", f"{v.get('val/score_thresh', float('nan')):.2f}",
+                 (f"{r['val_fixed']['val/match_acc_50']:.3f} / {r['val_fixed']['val/dsb_score']:.3f} at "
+                  f"{r['val_fixed']['val/score_thresh']:.2f}") if "val_fixed" in r else "",
+                 f"{r['train_img_s']:.2f}", f"{r['predict_ms']:.0f}",
                  f"{r['epochs_done']}/{r['epochs_planned']}", f"{r['fit_min']:.1f}", str(r["threads"])]
         lines.append(f"| {r['model']} (seed {r['seed']}) | " + " | ".join(cells) + " |")
     return "\n".join(lines)

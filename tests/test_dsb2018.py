@@ -338,3 +338,91 @@ def test_fixed_scale_keeps_the_pixel_size(tmp_path):
     image[10:20, 5:15] = 255
     det = predict_instance(task.eval(), image)
     assert det["masks"].shape == (1, 40, 50) and det["boxes"].tolist() == [[5, 10, 15, 20]]
+
+
+# ------------------------------------------------------------------------------------------ a calibrated threshold
+def test_match_counts_by_score_equal_filtering_first():
+    """At every score threshold, the one-array counts equal ``match_counts`` of the detections scoring >= it."""
+    from autotimm.metrics.matching import SCORE_GRID, match_counts, match_counts_by_score
+
+    rng = np.random.default_rng(0)
+    iou = rng.uniform(0, 1, (40, 25)) * (rng.uniform(0, 1, (40, 25)) < 0.1)
+    scores = rng.uniform(0, 1, 40)
+    got = match_counts_by_score(iou, scores)
+    assert got.shape == (len(SCORE_GRID), 10, 3)
+    for s, counts in zip(SCORE_GRID, got):
+        assert np.array_equal(counts, match_counts(iou[scores >= s]))
+
+
+class JunkModel(ThresholdModel):
+    """ThresholdModel's bright regions, each scored 0.9, plus one false detection scored 0.6: a 3x3 square in the
+    bottom-right corner, where the test images hold no nucleus."""
+
+    def forward(self, images, targets=None):
+        out = super().forward(images, targets)
+        if targets is not None:
+            return out
+        for det, img in zip(out, images):
+            h, w = img.shape[-2:]
+            junk = torch.zeros(1, h, w, dtype=torch.uint8)
+            junk[0, h - 3:, w - 3:] = 1
+            det["boxes"] = torch.cat([det["boxes"], torch.tensor([[w - 3, h - 3, w, h]], dtype=torch.float32)])
+            det["labels"] = torch.zeros(len(det["boxes"]), dtype=torch.long)
+            det["scores"] = torch.cat([torch.full((len(det["masks"]),), 0.9), torch.tensor([0.6])])
+            det["masks"] = torch.cat([det["masks"], junk])
+        return out
+
+
+def write_bright_dsb(root, nuclei=(("a", 2), ("b", 1), ("c", 2))):
+    """A DSB2018 tree of 48 px black images whose nuclei are white 8x8 squares; train.txt a, b; val.txt c."""
+    for name, n in nuclei:
+        (root / "stage1_train" / name / "images").mkdir(parents=True)
+        (root / "stage1_train" / name / "masks").mkdir()
+        image = np.zeros((48, 48, 3), np.uint8)
+        for k in range(n):
+            m = np.zeros((48, 48), np.uint8)
+            m[4 + 14 * k: 12 + 14 * k, 4:12] = 255
+            image[m > 0] = 255
+            Image.fromarray(m).save(root / "stage1_train" / name / "masks" / f"m{k}.png")
+        Image.fromarray(image).save(root / "stage1_train" / name / "images" / f"{name}.png")
+    (root / "train.txt").write_text("a\nb\n")
+    (root / "val.txt").write_text("c\n")
+    return root
+
+
+def test_score_threshold_calibrated_on_training_images(tmp_path):
+    """ScoreThresholdCalibration scores the training images at every threshold of its grid and sets the best on the
+    task's MatchingAccuracy: the model's nuclei score 0.9 and its one false detection 0.6, so 0.65 (the lowest
+    threshold that drops it) is perfect where 0.5 scores (2/3 + 1/2) / 2 on the two training images; val is then
+    scored at 0.65 and logs it, and the checkpoint carries it to eval (load_task)."""
+    import pytorch_lightning as pl
+
+    from autotimm import FeatureBackboneConfig, InstanceSegmentor, MetricConfig
+    from autotimm.tasks import load_task
+    from autotimm.training import ScoreThresholdCalibration
+
+    root = write_bright_dsb(tmp_path / "d")
+    dm = InstanceSegmentationDataModule(root, format="dsb2018", image_size=48, batch_size=2, num_workers=0,
+                                        augmentation_preset="light")
+    task = InstanceSegmentor(FeatureBackboneConfig("test_resnet", pretrained=False), num_classes=1,
+                             architecture={"_target_": "test_dsb2018.JunkModel"},
+                             metrics=[MetricConfig(name="dsb", metric_class="MatchingAccuracy",
+                                                   params={"score_thresh": 0.5}, stages=["val", "test"])])
+    calibration = ScoreThresholdCalibration(images=8)
+    trainer = pl.Trainer(max_epochs=1, callbacks=[calibration], logger=False, enable_checkpointing=False,
+                         enable_progress_bar=False, enable_model_summary=False, num_sanity_val_steps=0)
+    trainer.fit(task, datamodule=dm)
+    grid = calibration.grid
+    assert calibration.score_thresh == 0.65 and task.calibrated_score_thresh == 0.65
+    assert calibration.table[grid == 0.5][0] == pytest.approx((2 / 3 + 1 / 2) / 2)
+    assert calibration.table[(grid >= 0.65) & (grid <= 0.9)].tolist() == [1.0] * 6  # a score of 0.9 counts at 0.9
+    assert calibration.table[-1] == 0  # at 0.95 nothing is left
+    logged = {k: float(v) for k, v in trainer.callback_metrics.items()}
+    assert logged["val/score_thresh"] == pytest.approx(0.65) and logged["val/dsb_score"] == 1.0  # junk dropped on c
+    path = tmp_path / "m.ckpt"
+    trainer.save_checkpoint(path)
+    assert torch.load(path, weights_only=False)["autotimm"]["score_thresh"] == 0.65
+    loaded = load_task(path)
+    assert [m.score_thresh for m in loaded.metric_manager.metrics.values()] == [0.65, 0.65]
+    with pytest.raises(ValueError, match="objective must be one of"):
+        ScoreThresholdCalibration(objective="map")

@@ -285,6 +285,7 @@ class InstanceSegmentationDataModule(ModelPreprocess, pl.LightningDataModule):
         self.train_dataset = self.val_dataset = self.test_dataset = None
         self.test_split_used: str | None = None  # the split test/* metrics come from (set up for "test")
         self.test_on_val = False  # no labelled test split: test/* metrics are the val split's
+        self._eval_datasets: dict[str, InstanceDataset] = {}
         self.category_ids: list[int] | None = None
         self.class_names: list[str] | None = None
 
@@ -309,6 +310,15 @@ class InstanceSegmentationDataModule(ModelPreprocess, pl.LightningDataModule):
             raise ValueError(f"{where}: {len(data.category_ids)} categories but num_classes={self.num_classes}")
         log.info("%s: %d images", where, len(ds))
         return ds
+
+    def eval_dataset(self, split: str) -> InstanceDataset:
+        """``split``'s images as validation sees them (whole, the validation transform, original-size targets),
+        whatever the split: e.g. training images for ``ScoreThresholdCalibration``. Built once per split."""
+        if split not in self._eval_datasets:
+            self._sync_preprocess()
+            self._eval_datasets[split] = self.val_dataset if split == self.val_split and self.val_dataset is not None \
+                else self._dataset(split, False)
+        return self._eval_datasets[split]
 
     def setup(self, stage: str | None = None):
         self._sync_preprocess()

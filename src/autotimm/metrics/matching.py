@@ -3,9 +3,10 @@
 At each IoU threshold t in 0.5, 0.55, ..., 0.95: one-to-one matches at IoU > t, TP / (TP + FP + FN) per image;
 ``dsb_score`` is the mean over thresholds, then over images (the challenge's "mean average precision"), and
 ``match_acc_50`` the same at t = 0.5 alone. ``match_tp_50`` / ``match_fp_50`` / ``match_fn_50`` are the totals at
-0.5 over the dataset. Detections count above ``score_thresh`` (0.5, ``predict.py``'s default: what a user's
-segmentation would hold), crowd regions are left out. Mask IoUs come from pycocotools (``mask.iou`` on RLEs), all pairs
-of an image at once.
+0.5 over the dataset. Detections count from ``score_thresh`` up (0.5, ``predict.py``'s default: what a user's
+segmentation would hold; ``autotimm.training.ScoreThresholdCalibration`` chooses it on training images instead; it is
+logged as ``<stage>/score_thresh``), crowd regions are left out. Mask IoUs come from pycocotools (``mask.iou`` on
+RLEs), all pairs of an image at once.
 
 Matching: at t >= 0.5 a detection can match at most one of several ground-truth instances that do not overlap (more
 than half of it would have to lie in each), so the one-to-one matching is the set of ground-truth instances that
@@ -22,6 +23,7 @@ from pycocotools import mask as mask_utils
 from torchmetrics import Metric
 
 THRESHOLDS = np.linspace(0.5, 0.95, 10)
+SCORE_GRID = np.round(np.arange(0.05, 0.96, 0.05), 2)  # the score thresholds a calibration chooses from
 
 
 def mask_ious(dt_masks: torch.Tensor, gt_masks: torch.Tensor) -> np.ndarray:
@@ -44,6 +46,21 @@ def match_counts(iou: np.ndarray, thresholds: np.ndarray = THRESHOLDS) -> np.nda
     return np.stack([tp, d - tp, g - tp], 1)
 
 
+def match_counts_by_score(iou: np.ndarray, scores: np.ndarray, score_grid: np.ndarray = SCORE_GRID,
+                          thresholds: np.ndarray = THRESHOLDS) -> np.ndarray:
+    """TP, FP, FN [S, T, 3] of one image at every score threshold s of ``score_grid`` (the detections scoring >= s),
+    from its IoU matrix [D, G] and the detections' scores [D]: ``match_counts`` of each subset, in one array
+    operation ([S, D, G, T] booleans)."""
+    g = iou.shape[1]
+    scores = np.asarray(scores)
+    # compared in the scores' precision, as MatchingAccuracy compares a float32 tensor with its threshold
+    keep = scores[None, :] >= np.asarray(score_grid).astype(scores.dtype)[:, None]  # [S, D]
+    hits = keep[:, :, None, None] & (iou[:, :, None] > thresholds[None, None])[None]  # [S, D, G, T]
+    tp = np.minimum(hits.any(1).sum(1), hits.any(2).sum(1))  # [S, T]
+    n = np.broadcast_to(keep.sum(1)[:, None], tp.shape)
+    return np.stack([tp, n - tp, g - tp], -1)
+
+
 def accuracy(counts: np.ndarray) -> np.ndarray:
     """TP / (TP + FP + FN) per threshold; 1 where there is nothing to find and nothing was found."""
     tp, fp, fn = counts[..., 0], counts[..., 1], counts[..., 2]
@@ -53,8 +70,8 @@ def accuracy(counts: np.ndarray) -> np.ndarray:
 
 class MatchingAccuracy(Metric):
     """``update(preds, targets)`` with the ``MeanAveragePrecision`` inputs (per image: ``masks``, ``scores``;
-    ``masks`` and optional ``iscrowd`` of the targets); ``compute()`` -> ``dsb_score``, ``match_acc_50`` and the TP /
-    FP / FN totals at 0.5, logged under these names (``flat_keys``)."""
+    ``masks`` and optional ``iscrowd`` of the targets); ``compute()`` -> ``dsb_score``, ``match_acc_50``, the TP /
+    FP / FN totals at 0.5 and the ``score_thresh`` they were counted at, logged under these names (``flat_keys``)."""
 
     full_state_update = False
     higher_is_better = True
@@ -87,4 +104,5 @@ class MatchingAccuracy(Metric):
         nan = torch.tensor(float("nan"), dtype=torch.float64)
         return {"dsb_score": acc.mean(1).mean() if len(acc) else nan,
                 "match_acc_50": acc[:, 0].mean() if len(acc) else nan,
-                "match_tp_50": self.totals[0], "match_fp_50": self.totals[1], "match_fn_50": self.totals[2]}
+                "match_tp_50": self.totals[0], "match_fp_50": self.totals[1], "match_fn_50": self.totals[2],
+                "score_thresh": torch.tensor(self.score_thresh, dtype=torch.float64)}

@@ -20,7 +20,7 @@ from ..models.fcos_instance import FCOSInstanceModel
 from ..training.logging_config import LoggingConfig
 from ..tta import TTA, as_tta, slide_instances
 from ..utils import plain
-from .base import BaseTask, Factory, build_component, component_spec
+from .base import CHECKPOINT_KEY, BaseTask, Factory, build_component, component_spec
 
 # the seed's FCOS arguments and their defaults: they build the default architecture; with ``architecture=`` they
 # belong in that spec
@@ -182,9 +182,25 @@ class InstanceSegmentor(BaseTask):
         if channels_last is True:
             self._apply_channels_last(True)
         self.set_tta(None)
+        # the MatchingAccuracy threshold a ScoreThresholdCalibration chose (None: the metrics' own); checkpoints keep it
+        self.calibrated_score_thresh: float | None = None
 
     def model_spec(self) -> dict[str, Any]:
         return {"backbone": self.hparams["backbone"], "architecture": self.hparams["architecture"]}
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        super().on_save_checkpoint(checkpoint)
+        if self.calibrated_score_thresh is not None:
+            checkpoint[CHECKPOINT_KEY]["score_thresh"] = self.calibrated_score_thresh
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        """A calibrated score threshold in the checkpoint goes back onto the MatchingAccuracy metrics (eval.py)."""
+        super().on_load_checkpoint(checkpoint)
+        thresh = (checkpoint.get(CHECKPOINT_KEY) or {}).get("score_thresh")
+        if thresh is not None:
+            from ..training.calibration import set_score_thresh
+
+            set_score_thresh(self, float(thresh))
 
     # test-time sliding windows ---------------------------------------------------------------------------------
     def set_tta(self, tta: dict | TTA | None, stages=("test",)) -> None:
