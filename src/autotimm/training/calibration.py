@@ -114,12 +114,11 @@ class ScoreThresholdCalibration(pl.Callback):
 
 
 def set_score_thresh(task, score_thresh: float) -> int:
-    """Set ``score_thresh`` on every ``MatchingAccuracy`` the task holds (all stages) and record it on the task (its
-    checkpoints keep it); returns how many metrics were set."""
-    from ..metrics import MatchingAccuracy
-
+    """Set ``score_thresh`` on every metric of the task that counts detections from one (``MatchingAccuracy``, or a
+    user's metric with a ``score_thresh`` attribute), all stages, and record it on the task (its checkpoints keep
+    it); returns how many metrics were set."""
     manager = getattr(task, "metric_manager", None)
-    metrics = [m for m in manager.metrics.values() if isinstance(m, MatchingAccuracy)] if manager is not None else []
+    metrics = [m for m in manager.metrics.values() if hasattr(m, "score_thresh")] if manager is not None else []
     for m in metrics:
         m.score_thresh = float(score_thresh)
     task.calibrated_score_thresh = float(score_thresh)
