@@ -500,6 +500,58 @@ def test_map_at_more_than_100_detections():
     assert capped["mar_100"].item() < 0.5 * full["mar_300"].item()  # recall capped at 100 of 250
 
 
+def _coco_reference(tmp_path, preds, gts, iou_type):
+    """COCOeval's stats on the same images, every image listed in the ground truth (as COCO's own files do)."""
+    images, anns, dets = [], [], []
+    for i, (p, g) in enumerate(zip(preds, gts)):
+        images.append({"id": i, "height": 16, "width": 16})
+        for m in g["masks"].numpy():
+            r = mask_utils.encode(np.asfortranarray(m.astype(np.uint8)))
+            r["counts"] = r["counts"].decode()
+            anns.append({"id": len(anns) + 1, "image_id": i, "category_id": 0, "iscrowd": 0, "segmentation": r,
+                         "area": float(mask_utils.area(r)), "bbox": mask_utils.toBbox(r).tolist()})
+        for m, s in zip(p["masks"].numpy(), p["scores"].tolist()):
+            r = mask_utils.encode(np.asfortranarray(m.astype(np.uint8)))
+            r["counts"] = r["counts"].decode()
+            dets.append({"image_id": i, "category_id": 0, "score": s, "segmentation": r,
+                         "bbox": mask_utils.toBbox(r).tolist()})
+    gt_file = tmp_path / "gt.json"
+    gt_file.write_text(json.dumps({"images": images, "annotations": anns, "categories": [{"id": 0, "name": "a"}]}))
+    coco = COCO(str(gt_file))
+    ev = COCOeval(coco, coco.loadRes(dets) if dets else COCO(), iou_type)
+    ev.evaluate()
+    ev.accumulate()
+    ev.summarize()
+    return ev.stats
+
+
+def test_map_counts_detections_on_images_without_ground_truth_and_a_model_that_finds_nothing(tmp_path):
+    """torchmetrics' segm path drops images without masks: a false detection on an empty image was not counted
+    (AP 1.0) and a model detecting nothing read -1. Ours scores both as COCOeval does (0.5, then 0)."""
+    m = torch.zeros(1, 16, 16, dtype=torch.bool)
+    m[0, 2:8, 2:8] = True
+    none = torch.zeros(0, 16, 16, dtype=torch.bool)
+    label = torch.zeros(1, dtype=torch.long)
+    gts = [{"masks": m, "labels": label, "boxes": torch.tensor([[2.0, 2, 8, 8]])},
+           {"masks": none, "labels": label[:0], "boxes": torch.zeros(0, 4)}]  # the second image holds nothing
+    cases = {"a false detection above the true one, on the empty image": ([0.9], [0.95], 0.5),
+             "nothing detected anywhere": ([], [], 0.0)}
+    for name, (s0, s1, want) in cases.items():
+        preds = [{"masks": m[: len(s)] if s else none, "scores": torch.tensor(s, dtype=torch.float),
+                  "labels": label[: len(s)], "boxes": torch.tensor([[2.0, 2, 8, 8]] * len(s)).reshape(-1, 4)}
+                 for s in (s0, s1)]
+        ref = _coco_reference(tmp_path, preds, gts, "segm") if s0 else None
+        for iou_type in ("segm", "bbox"):
+            metric = build_metric(MetricConfig(name="m", metric_class="MeanAveragePrecision",
+                                               params={"box_format": "xyxy", "iou_type": iou_type}), {})
+            metric.update(preds, gts)
+            res = metric.compute()
+            assert res["map_50"].item() == pytest.approx(want, abs=1e-6), (name, iou_type)
+            assert res["map"].item() == pytest.approx(want, abs=1e-6), (name, iou_type)
+            if ref is not None:
+                assert res["map_50"].item() == pytest.approx(ref[1], abs=1e-6)
+
+
 def test_map_metric_survives_copy_and_pickle():
     """torchmetrics' clone() deep-copies and DDP pickles metrics: the summary fix must travel with them."""
     import copy

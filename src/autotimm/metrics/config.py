@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 import inspect
+import io
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -115,8 +117,9 @@ def _last_max_dets_summary(base: type) -> type:
     return type(f"LastMaxDets{base.__name__}", (base,), {"summarize": summarize})
 
 
-class _LastMaxDetsBackend:
-    """torchmetrics' ``CocoBackend`` with :func:`_last_max_dets_summary`'s COCOeval (everything else delegated)."""
+class _CocoEvalBackend:
+    """torchmetrics' ``CocoBackend`` made to score as COCOeval does: :func:`_last_max_dets_summary`'s summary, and
+    every image in the datasets it builds (``_get_coco_datasets``); everything else delegated."""
 
     def __init__(self, inner):
         self._inner = inner
@@ -127,6 +130,21 @@ class _LastMaxDetsBackend:
         if self._cls is None:
             self._cls = _last_max_dets_summary(self._inner.cocoeval)
         return self._cls
+
+    def _get_coco_datasets(self, groundtruth_labels, *args, **kwargs):
+        """Every updated image in both COCO datasets, as COCOeval expects. torchmetrics' segm path leaves out an image
+        without masks, so (1) detections on an image without ground truth never count as false positives (one such
+        detection above a true one: AP 1.0 where COCOeval says 0.5) and (2) a model that detects nothing on any
+        image reads -1 ("no data") instead of COCOeval's 0 for the ground truth it missed."""
+        preds, target = self._inner._get_coco_datasets(groundtruth_labels, *args, **kwargs)
+        for coco in (preds, target):
+            have = {img["id"] for img in coco.dataset["images"]}
+            missing = [{"id": i} for i in range(len(groundtruth_labels)) if i not in have]
+            if missing:
+                coco.dataset["images"] = sorted(coco.dataset["images"] + missing, key=lambda img: img["id"])
+                with contextlib.redirect_stdout(io.StringIO()):
+                    coco.createIndex()
+        return preds, target
 
     def __getattr__(self, name):
         if name.startswith("__") or name in ("_inner", "_cls"):  # copy/pickle probe a bare instance: no recursion
@@ -155,7 +173,7 @@ def build_metric(cfg: MetricConfig, defaults: dict[str, Any]):
     except (TypeError, ValueError) as e:
         raise ValueError(f"MetricConfig({cfg.name!r}): cannot build {cfg.metric_class}({params}): {e}") from e
     if cls.__name__ == "MeanAveragePrecision" and hasattr(metric, "_coco_backend"):
-        metric._coco_backend = _LastMaxDetsBackend(metric._coco_backend)  # mAP at the last maxDets (dense scenes)
+        metric._coco_backend = _CocoEvalBackend(metric._coco_backend)  # mAP at the last maxDets, every image
     return metric
 
 
