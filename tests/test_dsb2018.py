@@ -1,6 +1,7 @@
 """Real instance data: the instance formats (DSB2018, instance-id PNGs, a user's own), their named errors, the compact
 id-map path through augmentation, and the challenge's matching score."""
 
+import json
 from pathlib import Path
 
 import numpy as np
@@ -218,6 +219,7 @@ def test_a_format_of_your_own_is_one_module(tmp_path, monkeypatch):
     """format=<dotted path>: a module with load_split, outside the package."""
     (tmp_path / "myformat.py").write_text('''
 import numpy as np
+import json
 from pathlib import Path
 from autotimm.data.instance_formats import InstanceSample, Instances, InstanceSplit
 
@@ -356,13 +358,13 @@ def test_match_counts_by_score_equal_filtering_first():
 
 class JunkModel(ThresholdModel):
     """ThresholdModel's bright regions, each scored 0.9, plus one false detection scored 0.6: a 3x3 square in the
-    bottom-right corner, where the test images hold no nucleus."""
+    bottom-right corner, where the test images hold no nucleus; those above its ``score_thresh`` are kept."""
 
     def forward(self, images, targets=None):
         out = super().forward(images, targets)
         if targets is not None:
             return out
-        for det, img in zip(out, images):
+        for i, (det, img) in enumerate(zip(out, images)):
             h, w = img.shape[-2:]
             junk = torch.zeros(1, h, w, dtype=torch.uint8)
             junk[0, h - 3:, w - 3:] = 1
@@ -370,6 +372,8 @@ class JunkModel(ThresholdModel):
             det["labels"] = torch.zeros(len(det["boxes"]), dtype=torch.long)
             det["scores"] = torch.cat([torch.full((len(det["masks"]),), 0.9), torch.tensor([0.6])])
             det["masks"] = torch.cat([det["masks"], junk])
+            keep = det["scores"] >= self.score_thresh  # its post-processing threshold, as a real model's
+            out[i] = {k: v[keep] for k, v in det.items()}
         return out
 
 
@@ -424,5 +428,24 @@ def test_score_threshold_calibrated_on_training_images(tmp_path):
     assert torch.load(path, weights_only=False)["autotimm"]["score_thresh"] == 0.65
     loaded = load_task(path)
     assert [m.score_thresh for m in loaded.metric_manager.metrics.values()] == [0.65, 0.65]
+    # predict.py's default (score_thresh=auto) writes the detections above the calibrated threshold: the two nuclei
+    # of c, not the false detection at 0.6; 0.5 given explicitly keeps it, and a checkpoint without one uses 0.5
+    from omegaconf import OmegaConf
+
+    from autotimm.cli.predict import predict
+
+    def scores(ckpt, thresh, out):
+        predict(OmegaConf.create({"ckpt_path": str(ckpt), "input": str(root / "stage1_train" / "c" / "images"),
+                                  "output": str(out), "image_size": None, "tta": None, "score_thresh": thresh,
+                                  "device": "cpu"}))
+        return sorted(r["score"] for r in json.loads((out / "results.json").read_text()))
+
+    assert scores(path, "auto", tmp_path / "p1") == pytest.approx([0.9, 0.9])
+    assert scores(path, 0.5, tmp_path / "p2") == pytest.approx([0.6, 0.9, 0.9])
+    task.calibrated_score_thresh = None
+    trainer.save_checkpoint(tmp_path / "plain.ckpt")
+    assert scores(tmp_path / "plain.ckpt", "auto", tmp_path / "p3") == pytest.approx([0.6, 0.9, 0.9])
+    with pytest.raises(ValueError, match="score_thresh: a number in \\[0, 1\\] or 'auto'"):
+        scores(path, "high", tmp_path / "p4")
     with pytest.raises(ValueError, match="objective must be one of"):
         ScoreThresholdCalibration(objective="map")

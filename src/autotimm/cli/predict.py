@@ -1,8 +1,9 @@
 """Predict on an image or a folder with a checkpoint (``python predict.py ckpt_path=... input=... output=...``).
 
 What runs is decided by the task kind the checkpoint records (``autotimm.tasks.load_task``): class maps for a
-semantic model, detections for an instance model (above ``score_thresh``: 0.5 by default for pictures, as
-detectron2's demo; evaluation keeps the model's own low threshold, which AP needs)."""
+semantic model, detections for an instance model (above ``score_thresh``; ``auto``, the default, is the threshold a
+``ScoreThresholdCalibration`` chose in training when the checkpoint holds one, else 0.5 for pictures, as detectron2's
+demo; evaluation keeps the model's own low threshold, which AP needs)."""
 
 from __future__ import annotations
 
@@ -51,6 +52,8 @@ def _instance(model, image: np.ndarray, cfg: DictConfig, tta, out_dir: Path, ste
     return coco_results(pred, stem)
 
 
+PICTURE_SCORE_THRESH = 0.5  # score_thresh=auto without a calibrated threshold: detectron2's demo default
+
 # task kind -> (predict and write one image, whether it writes COCO results.json)
 RUNNERS = {"semantic": (_semantic, False), "instance": (_instance, True)}
 
@@ -65,6 +68,13 @@ def predict(cfg: DictConfig) -> dict[str, Any]:
     run_one, writes_results = RUNNERS[model.task_kind]
     tta = as_tta(OmegaConf.to_container(cfg.tta, resolve=True)) if cfg.get("tta") else None
     settings = {k: cfg.get(k) for k in POSTPROCESS_KEYS if cfg.get(k) is not None}
+    if settings.get("score_thresh") == "auto":  # a threshold calibrated in training (checkpoint), else pictures' 0.5
+        calibrated = getattr(model, "calibrated_score_thresh", None)
+        settings["score_thresh"] = PICTURE_SCORE_THRESH if calibrated is None else float(calibrated)
+        log.info("score_thresh=auto: %s", f"{calibrated:.2f}, calibrated in training (checkpoint)"
+                 if calibrated is not None else f"{PICTURE_SCORE_THRESH} (the checkpoint holds no calibrated one)")
+    elif isinstance(settings.get("score_thresh"), str):
+        raise ValueError(f"score_thresh: a number in [0, 1] or 'auto', got {settings['score_thresh']!r}")
     if settings and model.task_kind == "instance":  # post-processing lives on the model: change it there
         model.model.set_postprocess(**settings)
         log.info("post-processing: %s", model.model.postprocess)
