@@ -48,16 +48,18 @@ def calibrate(task, dm, loss_of, steps: int = 8, warmup: int = 2) -> tuple[float
 
 
 def budget_trainer(which: str, step_s: float, steps_per_epoch: int, minutes: float, precision, seed: int,
-                   callbacks=()):
+                   callbacks=(), epochs: int | None = None):
     """A Lightning trainer for ``minutes`` of training: as many whole epochs as the calibrated step time fits (3%
-    spared for epoch ends) and ``max_time`` as the hard stop; no validation, checkpoints or loggers in the budget."""
+    spared for epoch ends; ``epochs`` given: that many, when a short calibration misjudges the pace) and
+    ``max_time`` as the hard stop; no validation, checkpoints or loggers in the budget."""
     import math
 
     import pytorch_lightning as pl
 
-    epochs = max(1, math.floor(minutes * 60 * 0.97 / (step_s * steps_per_epoch)))
-    print(f"[{which}] {step_s:.3f} s/step x {steps_per_epoch} steps/epoch -> {epochs} epochs in {minutes} min",
-          flush=True)
+    fits = max(1, math.floor(minutes * 60 * 0.97 / (step_s * steps_per_epoch)))
+    print(f"[{which}] {step_s:.3f} s/step x {steps_per_epoch} steps/epoch -> {fits} epochs in {minutes} min"
+          + (f"; {epochs} epochs as given (--epochs)" if epochs else ""), flush=True)
+    epochs = epochs or fits
     pl.seed_everything(seed, workers=True)
     return pl.Trainer(max_epochs=epochs, max_time={"minutes": minutes}, precision=precision, accelerator="cpu",
                       devices=1, logger=False, enable_checkpointing=False, enable_progress_bar=False,
@@ -73,6 +75,8 @@ def budget_args(p, name: str, baseline: str):
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--precision", default="32", help="Lightning precision (32: what a CPU without bf16 runs)")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--epochs", type=int, default=None,
+                   help="planned epochs (the cosine schedule's length) instead of the calibrated estimate")
     p.add_argument("--out", type=Path, default=ROOT / "outputs" / name, help="per-run JSON files")
     p.add_argument("--table", type=Path, default=None, help="only print the table of the JSON files in this folder")
     p.add_argument("override", nargs="*", help="extra Hydra overrides of the recipe (both models)")

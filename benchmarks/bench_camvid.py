@@ -91,7 +91,8 @@ def run(which: str, args, out: Path) -> dict:
     dm, task = build(cfg, which, args.seed)
     train_size = int(cfg.dataset.crop_size or cfg.dataset.image_size)  # the square a training step sees
     step_s, steps_per_epoch = calibrate(task, dm, lambda m, b: m.criterion(m(b["image"]), b["mask"]))
-    trainer = budget_trainer(which, step_s, steps_per_epoch, args.minutes, args.precision, args.seed)
+    trainer = budget_trainer(which, step_s, steps_per_epoch, args.minutes, args.precision, args.seed,
+                             epochs=args.epochs)
     epochs = trainer.max_epochs
     t0 = time.perf_counter()
     trainer.fit(task, datamodule=dm)

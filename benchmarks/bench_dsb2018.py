@@ -158,7 +158,7 @@ def run(which: str, args, out: Path) -> dict:
     # the recipe's score calibration (the matching score's threshold chosen on training images before validation)
     calib = [instantiate(c) for k, c in (cfg.get("callbacks") or {}).items() if k == "score_calibration"]
     trainer = budget_trainer(which, step_s, steps_per_epoch, args.minutes, args.precision, args.seed,
-                             callbacks=[ProgressLog(every_s=120), *calib])
+                             callbacks=[ProgressLog(every_s=120), *calib], epochs=args.epochs)
     epochs = trainer.max_epochs
     t0 = time.perf_counter()
     trainer.fit(task, datamodule=dm)
