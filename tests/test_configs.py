@@ -232,3 +232,7 @@ def test_dsb2018_recipe_takes_either_architecture(tmp_path, arch):
     assert model.max_detections_per_image == 500
     if arch == "fcos_dense":
         assert (model.pre_nms_top_k, model.mask_rois_per_image) == (2000, 64)
+    # the recipe's narrow network: a 96-channel FPN, ResNet-18 at half width (only resnet18 gets the width argument)
+    assert not compose_cfg(tmp_path, overrides).backbone.get("extra_kwargs")
+    recipe = compose_cfg(tmp_path, ["experiment=dsb2018"])
+    assert recipe.arch.fpn_channels == 96 and recipe.backbone.extra_kwargs == {"channels": [32, 64, 128, 256]}
