@@ -447,5 +447,7 @@ def test_score_threshold_calibrated_on_training_images(tmp_path):
     assert scores(tmp_path / "plain.ckpt", "auto", tmp_path / "p3") == pytest.approx([0.6, 0.9, 0.9])
     with pytest.raises(ValueError, match="score_thresh: a number in \\[0, 1\\] or 'auto'"):
         scores(path, "high", tmp_path / "p4")
+    with pytest.raises(ValueError, match="score_thresh: a number in"):
+        scores(path, 1.5, tmp_path / "p5")
     with pytest.raises(ValueError, match="objective must be one of"):
         ScoreThresholdCalibration(objective="map")

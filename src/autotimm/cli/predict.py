@@ -73,8 +73,9 @@ def predict(cfg: DictConfig) -> dict[str, Any]:
         settings["score_thresh"] = PICTURE_SCORE_THRESH if calibrated is None else float(calibrated)
         log.info("score_thresh=auto: %s", f"{calibrated:.2f}, calibrated in training (checkpoint)"
                  if calibrated is not None else f"{PICTURE_SCORE_THRESH} (the checkpoint holds no calibrated one)")
-    elif isinstance(settings.get("score_thresh"), str):
-        raise ValueError(f"score_thresh: a number in [0, 1] or 'auto', got {settings['score_thresh']!r}")
+    thresh = settings.get("score_thresh")
+    if thresh is not None and (isinstance(thresh, str) or not 0.0 <= float(thresh) <= 1.0):
+        raise ValueError(f"score_thresh: a number in [0, 1] or 'auto', got {thresh!r}")
     if settings and model.task_kind == "instance":  # post-processing lives on the model: change it there
         model.model.set_postprocess(**settings)
         log.info("post-processing: %s", model.model.postprocess)
