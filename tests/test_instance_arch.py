@@ -160,6 +160,44 @@ def test_fcos_postprocess_settings_change_what_predict_returns():
         task.model.set_postprocess(detections=3)
 
 
+def test_fcos_mask_min_stride_4_pools_small_boxes_from_a_p2_made_by_the_top_down_rule():
+    import torch.nn.functional as F
+    from torchvision.ops import roi_align
+
+    arch = {"_target_": "autotimm.models.FCOSInstanceModel", "fpn_channels": 32, "head_num_convs": 1,
+            "mask_head": {"_target_": "autotimm.heads.MaskHead", "_partial_": True, "num_convs": 1,
+                          "conv_channels": 16}}
+    torch.manual_seed(0)
+    plain = InstanceSegmentor(TINY, num_classes=3, architecture=arch).model
+    torch.manual_seed(0)
+    fine = InstanceSegmentor(TINY, num_classes=3, architecture={**arch, "mask_min_stride": 4}).model
+    assert plain.fine_level is None and plain.mask_head.featmap_names == ["p3", "p4", "p5"]
+    assert fine.mask_head.featmap_names == ["p2", "p3", "p4", "p5"]
+    assert fine.mask_head.scales == [1 / 4, 1 / 8, 1 / 16, 1 / 32]
+    assert fine.fpn.names == plain.fpn.names == ["p3", "p4", "p5", "p6", "p7"]  # the FCOS head keeps P3-P7
+    x = torch.randn(2, 3, 128, 128)
+    out, ref = fine.features(x), plain.features(x)
+    assert out["cls"].shape == ref["cls"].shape  # the same detection locations
+    p2, p3 = out["mask_features"]["p2"], out["features"]["p3"]
+    assert p2.shape == (2, 32, 32, 32)
+    with torch.no_grad():  # P2 = lateral(C2) + P3 upsampled (nearest): without the lateral, P3 upsampled exactly
+        fine.fine_level.lateral.weight.zero_()
+        fine.fine_level.lateral.bias.zero_()
+        out = fine.features(x)
+    assert torch.equal(out["mask_features"]["p2"], F.interpolate(out["features"]["p3"], scale_factor=2.0))
+    feats = out["mask_features"]
+    feats["p2"] = torch.randn_like(feats["p2"])  # which level each box pools from (the FPN paper's rule)
+    rois = torch.tensor([[0.0, 10, 10, 40, 40], [1.0, 4, 4, 124, 124]])  # 30 px -> P2, 120 px -> P3
+    pooled = fine.mask_head.pool_rois(feats, rois)
+    assert torch.allclose(pooled[:1], roi_align(feats["p2"], rois[:1], (14, 14), 1 / 4, 2))
+    assert torch.allclose(pooled[1:], roi_align(feats["p3"], rois[1:], (14, 14), 1 / 8, 2))
+    losses = fine.train()(x, squares(2, 128))
+    sum(losses.values()).backward()
+    assert fine.fine_level.lateral.weight.grad.abs().sum() > 0  # the mask loss trains the P2 lateral
+    with pytest.raises(ValueError, match="mask_min_stride must be 8 \\(P3-P5\\) or 4 \\(P2-P5\\), got 2"):
+        InstanceSegmentor(TINY, num_classes=3, architecture={**arch, "mask_min_stride": 2})
+
+
 # ------------------------------------------------------------------------------------------------ end to end
 COMMON = ["dataset.num_train=24", "dataset.num_val=8", "dataset.source_size=64", "dataset.seed=3",
           "dataset.image_size=64", "dataset.batch_size=8", "dataset.num_workers=0", "backbone=test_resnet",

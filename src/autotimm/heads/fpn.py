@@ -8,6 +8,7 @@ from collections.abc import Sequence
 
 import torch
 import torch.nn as nn
+import torch.nn.functional as F
 from torchvision.ops import FeaturePyramidNetwork
 from torchvision.ops.feature_pyramid_network import LastLevelMaxPool, LastLevelP6P7
 
@@ -57,3 +58,24 @@ class FPN(nn.Module):
         x = OrderedDict((str(k), features[i]) for k, i in enumerate(self.indices))
         out = self.fpn(x)
         return OrderedDict(zip(self.names, out.values()))
+
+
+class TopDownLevel(nn.Module):
+    """One finer pyramid level by the FPN's top-down rule alone: a 1x1 lateral conv of a backbone feature plus the
+    next-coarser pyramid level upsampled to it (nearest), without the FPN's 3x3 output conv. For ROI heads that
+    want stride-4 detail (Mask R-CNN pools its masks from P2) beside a detector whose pyramid starts at P3 (FCOS):
+    torchvision's ``FeaturePyramidNetwork`` would add the level with its 3x3 output conv, which at stride 4 costs
+    more than the rest of a light pyramid (0.68 GFLOPs per 256 px window at 96 channels against 0.25 for P3-P7),
+    while the lateral costs 0.03 (the ROI head's own convs follow).
+
+    Args:
+        in_channels: the backbone feature's channels.
+        out_channels: the pyramid's width.
+    """
+
+    def __init__(self, in_channels: int, out_channels: int):
+        super().__init__()
+        self.lateral = nn.Conv2d(int(in_channels), int(out_channels), 1)
+
+    def forward(self, feature: torch.Tensor, coarser: torch.Tensor) -> torch.Tensor:
+        return self.lateral(feature) + F.interpolate(coarser, size=feature.shape[-2:], mode="nearest")
