@@ -59,6 +59,9 @@ class TorchvisionMaskRCNN(InstanceModelBase):
             def resize(self, image, target=None):
                 return image, target
 
+            def postprocess(self, result, image_shapes, original_image_sizes):  # masks stay [N, 1, M, M] probs:
+                return result  # pasted by ``detect`` (torchvision's float canvas at the input size runs out of memory)
+
         fpn = resnet_fpn_backbone(backbone_name="resnet18", weights=None, trainable_layers=5,
                                   norm_layer=nn.BatchNorm2d)
         self.net = MaskRCNN(fpn, num_classes=num_classes + 1)
@@ -98,9 +101,26 @@ class TorchvisionMaskRCNN(InstanceModelBase):
                 return self.net(list(images), tv)
             finally:
                 self.net.train(mode)
-        out = self.net(list(images))
-        return [{"boxes": d["boxes"], "labels": d["labels"] - 1, "scores": d["scores"],
-                 "masks": (d["masks"][:, 0] >= self.mask_threshold).to(torch.uint8)} for d in out]
+        return self.detect(images)
+
+    def detect(self, images, orig_sizes=None, valid_sizes=None):
+        """torchvision's detections, their mask probabilities pasted at the original size a few detections at a
+        time, as ours are: torchvision's ``paste_masks_in_image`` makes one float canvas per detection at the input
+        size (500 detections on a 2544x1206 input: 6 GB before the resize to the original size), which ran this
+        24 GB host out of memory in the val pass."""
+        from autotimm.models.base import scale_boxes
+        from autotimm.models.fcos import paste_binary_masks
+
+        h, w = images.shape[-2:]
+        results = []
+        for i, d in enumerate(self.net(list(images))):
+            boxes, oh, ow = d["boxes"], h, w
+            if orig_sizes is not None:
+                oh, ow = (int(v) for v in orig_sizes[i])
+                boxes = scale_boxes(boxes, orig_sizes[i], valid_sizes[i] if valid_sizes is not None else (h, w))
+            results.append({"boxes": boxes, "labels": d["labels"] - 1, "scores": d["scores"],
+                            "masks": paste_binary_masks(d["masks"][:, 0], boxes, oh, ow, self.mask_threshold)})
+        return results
 
 
 class _TimmLike(nn.Module):
