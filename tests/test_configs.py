@@ -232,6 +232,9 @@ def test_dsb2018_recipe_takes_either_architecture(tmp_path, arch):
     assert model.max_detections_per_image == 500
     if arch == "fcos_dense":
         assert (model.pre_nms_top_k, model.mask_rois_per_image) == (2000, 64)
+        assert model.mask_head.featmap_names == ["p2", "p3", "p4", "p5"]  # recipe.mask_min_stride: 4
+    plain = instantiate(compose_cfg(tmp_path, ["model=instance", "backbone=test_resnet"]).model).model
+    assert plain.mask_head.featmap_names == ["p3", "p4", "p5"]  # FCOS's default elsewhere
     # the recipe's narrow network: a 96-channel FPN, ResNet-18 at half width (only resnet18 gets the width argument)
     assert not compose_cfg(tmp_path, overrides).backbone.get("extra_kwargs")
     recipe = compose_cfg(tmp_path, ["experiment=dsb2018"])
