@@ -179,7 +179,7 @@ def test_fcos_mask_min_stride_4_pools_small_boxes_from_a_p2_made_by_the_top_down
     out, ref = fine.features(x), plain.features(x)
     assert out["cls"].shape == ref["cls"].shape  # the same detection locations
     p2, p3 = out["mask_features"]["p2"], out["features"]["p3"]
-    assert p2.shape == (2, 32, 32, 32)
+    assert p2.shape == (2, 32, 32, 32) and p3.shape == (2, 32, 16, 16)  # stride 4 beside stride 8
     with torch.no_grad():  # P2 = lateral(C2) + P3 upsampled (nearest): without the lateral, P3 upsampled exactly
         fine.fine_level.lateral.weight.zero_()
         fine.fine_level.lateral.bias.zero_()
