@@ -145,9 +145,10 @@ def build(cfg, which: str, seed: int):
     if which == "torchvision":
         pre = task.preprocess
         torch.manual_seed(seed)
-        task = instantiate(cfg.model, model=TorchvisionMaskRCNN(int(cfg.dataset.num_classes), pre["mean"],
-                                                                 pre["std"]))
-        task.model.set_postprocess(max_detections_per_image=int(cfg.arch.max_detections_per_image))
+        net = TorchvisionMaskRCNN(int(cfg.dataset.num_classes), pre["mean"], pre["std"])
+        # before the task is built: its COCO AP counts as many detections per image as the model keeps
+        net.set_postprocess(max_detections_per_image=int(cfg.arch.max_detections_per_image))
+        task = instantiate(cfg.model, model=net)
     return dm, task
 
 
@@ -171,6 +172,8 @@ def run(which: str, args, out: Path) -> dict:
                  f"seed={args.seed}", "model.compile_model=false", *args.override]
     cfg = compose(overrides)
     dm, task = build(cfg, which, args.seed)
+    if args.eval_only:
+        return evaluate_saved(which, args, out, cfg, dm, task)
     step_s, steps_per_epoch = calibrate(task, dm, lambda m, b: sum(m.model(b["image"], b["targets"]).values()))
     from hydra.utils import instantiate
 
@@ -222,6 +225,28 @@ def run(which: str, args, out: Path) -> dict:
     return res
 
 
+def evaluate_saved(which: str, args, out: Path, cfg, dm, task) -> dict:
+    """``--eval-only``: the val pass again on the weights a ``--save-weights`` run kept, its training figures as
+    they were (the JSON says ``re_evaluated``)."""
+    import pytorch_lightning as pl
+    from hydra.utils import instantiate
+
+    path, weights = out / f"{which}_seed{args.seed}.json", out / f"{which}_seed{args.seed}.pt"
+    for f in (path, weights):
+        if not f.is_file():
+            raise SystemExit(f"--eval-only: no {f} (run with --save-weights first)")
+    res = json.loads(path.read_text())
+    task.load_state_dict(torch.load(weights, map_location="cpu"))
+    calib = [instantiate(c) for k, c in (cfg.get("callbacks") or {}).items() if k == "score_calibration"]
+    trainer = pl.Trainer(accelerator="cpu", devices=1, precision=args.precision, logger=False, callbacks=calib,
+                         enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False)
+    t0 = time.perf_counter()
+    res["val"] = {k: float(v) for k, v in trainer.validate(task, datamodule=dm, verbose=False)[0].items()}
+    res["val_min"], res["re_evaluated"] = round((time.perf_counter() - t0) / 60, 2), True
+    path.write_text(json.dumps(res, indent=1))
+    return res
+
+
 def table(results: list[dict]) -> str:
     cols = ["val mask AP", "AP@0.5", "match_acc_50", "dsb_score", "TP / FP / FN @0.5", "score thr.",
             "match_acc_50 / dsb_score at the fixed thr.", "train img/s", "predict ms/img", "epochs", "fit min",
@@ -249,6 +274,8 @@ def main():
     p.add_argument("--no-fixed", action="store_true",
                    help="skip the second val pass at the metric's fixed threshold (about 7 minutes)")
     p.add_argument("--save-weights", action="store_true", help="keep the trained weights in --out (<model>_seed<k>.pt)")
+    p.add_argument("--eval-only", action="store_true",
+                   help="no training: validate the weights --save-weights kept in --out, rewriting the val figures")
     args = p.parse_args()
     if args.table is not None:
         print(table([json.loads(f.read_text()) for f in sorted(args.table.glob("*.json"))]))
