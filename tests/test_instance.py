@@ -576,6 +576,36 @@ def test_instance_metrics_count_as_many_detections_as_the_model_keeps():
     assert model.metric_manager.metrics["val__mask_map"].max_detection_thresholds == [1, 10, 400]
 
 
+def test_instance_metrics_follow_a_later_max_detections_change():
+    """set_postprocess(max_detections_per_image=300) after construction: the COCO mAP is computed over 300
+    detections per image (mask_mar_300, the same AP as a metric built for 300), not the 100 the task was built with;
+    a max_detection_thresholds the config itself set stays as given."""
+    rng = np.random.default_rng(1)
+    scenes = [_dense_scene(rng, 250) for _ in range(2)]
+    fixed = [1, 10, 50]
+    model = InstanceSegmentor(TINY, num_classes=2, fpn_channels=32, head_num_convs=1, metrics=[
+        MetricConfig(name="mask_map", metric_class="MeanAveragePrecision",
+                     params={"box_format": "xyxy", "iou_type": "segm"}, stages=["val"]),
+        MetricConfig(name="fixed_map", metric_class="MeanAveragePrecision",
+                     params={"box_format": "xyxy", "iou_type": "segm", "max_detection_thresholds": fixed},
+                     stages=["val"])])
+    assert model.metric_manager.metrics["val__mask_map"].max_detection_thresholds == [1, 10, 100]
+    model.model.set_postprocess(max_detections_per_image=300)
+    logged = {}
+    model.log = lambda name, value, **kw: logged.__setitem__(name, float(value))
+    for pred, gt in scenes:
+        for key in ("val__mask_map", "val__fixed_map"):
+            model.metric_manager.metrics[key].update([pred], [gt])
+    model._log_dict_metrics("val")
+    want_300, want_100, want_50 = (dense_map(t, scenes) for t in ([1, 10, 300], [1, 10, 100], fixed))
+    assert want_300["map"].item() > want_100["map"].item() + 0.05  # 250 objects per image: the cap matters
+    assert logged["val/mask_map"] == pytest.approx(want_300["map"].item(), abs=1e-9)
+    assert "val/mask_mar_300" in logged and "val/mask_mar_100" not in logged
+    assert logged["val/fixed_map"] == pytest.approx(want_50["map"].item(), abs=1e-9)
+    assert "val/fixed_mar_50" in logged
+    assert model.metric_manager.metrics["val__fixed_map"].max_detection_thresholds == fixed
+
+
 def test_map_metric_names_logged():
     model = InstanceSegmentor(TINY, num_classes=2, fpn_channels=32, head_num_convs=1, metrics=[
         MetricConfig(name="mask_map", metric_class="MeanAveragePrecision",

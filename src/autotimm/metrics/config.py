@@ -187,10 +187,25 @@ class MetricManager(nn.Module):
         dup = {n for n in names if names.count(n) > 1}
         if dup:
             raise ValueError(f"metrics: duplicate metric names {sorted(dup)}")
+        self.defaults = dict(defaults)
         self.metrics = nn.ModuleDict()
         for cfg in self.configs:
             for stage in cfg.stages:
                 self.metrics[f"{stage}__{cfg.name}"] = build_metric(cfg, defaults)
+
+    def set_default(self, key: str, value: Any) -> None:
+        """Change a task-supplied default on the metrics already built: each metric that has ``key`` as an attribute
+        and whose config did not set it in ``params`` takes ``value`` (e.g. ``MeanAveragePrecision``'s
+        ``max_detection_thresholds`` after the model's ``max_detections_per_image`` changed). A value the user put in
+        a config's ``params`` is left as given."""
+        self.defaults[key] = value
+        for cfg in self.configs:
+            if key in cfg.params:
+                continue
+            for stage in cfg.stages:
+                metric = self.metrics[f"{stage}__{cfg.name}"]
+                if hasattr(metric, key):
+                    setattr(metric, key, value)
 
     def for_stage(self, stage: str):
         for cfg in self.configs:

@@ -170,11 +170,10 @@ class InstanceSegmentor(BaseTask):
         self.model = model
         if init_from:  # fine-tuning: every weight whose name and shape fit
             self.init_weights_from(init_from)
-        max_det = int(model.postprocess.get("max_detections_per_image", 100))
         self._setup_common(lr=lr, weight_decay=weight_decay, optimizer=optimizer, scheduler=scheduler,
                            metrics=metrics, logging_config=logging_config,
                            # COCO mAP over as many detections as the model keeps (dense scenes: up to 1000/image)
-                           metric_defaults={"max_detection_thresholds": [1, 10, max(100, max_det)]},
+                           metric_defaults={"max_detection_thresholds": self._max_det_thresholds()},
                            freeze_backbone=freeze_backbone, compile_model=compile_model,
                            compile_kwargs=compile_kwargs)
         if channels_last not in (True, False, "auto"):
@@ -319,7 +318,14 @@ class InstanceSegmentor(BaseTask):
             return self.predict(batch)
         return self.model.predict(batch["image"], batch.get("orig_size"), batch.get("valid_size"))
 
+    def _max_det_thresholds(self) -> list[int]:
+        """COCO mAP's ``max_detection_thresholds``: as many detections as the model keeps (dense scenes: up to
+        1000/image), at least COCO's 100."""
+        return [1, 10, max(100, int(self.model.postprocess.get("max_detections_per_image", 100)))]
+
     def _log_dict_metrics(self, stage: str):
+        # read at compute time, so a later model.set_postprocess(max_detections_per_image=...) is scored over its count
+        self.metric_manager.set_default("max_detection_thresholds", self._max_det_thresholds())
         for cfg, metric in self.metric_manager.for_stage(stage):
             values = metric.compute()
             metric.reset()
