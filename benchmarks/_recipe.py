@@ -47,6 +47,20 @@ def calibrate(task, dm, loss_of, steps: int = 8, warmup: int = 2) -> tuple[float
     return (time.perf_counter() - t0) / steps, len(loader)
 
 
+def training_callbacks(cfg) -> list:
+    """The recipe's callbacks that change what is trained (Lightning's weight averaging: ``callbacks.ema``), built
+    from ``cfg.callbacks``; the ones that only write or print (checkpoints, progress) stay out of a timed run."""
+    from hydra.utils import get_class, instantiate
+    from pytorch_lightning.callbacks import WeightAveraging
+
+    keep = []
+    for name, spec in (cfg.get("callbacks") or {}).items():
+        if spec is not None and "_target_" in spec and issubclass(get_class(spec._target_), WeightAveraging):
+            keep.append(instantiate(spec))
+            print(f"callbacks.{name}: {spec._target_} kept", flush=True)
+    return keep
+
+
 def budget_trainer(which: str, step_s: float, steps_per_epoch: int, minutes: float, precision, seed: int,
                    callbacks=(), epochs: int | None = None):
     """A Lightning trainer for ``minutes`` of training: as many whole epochs as the calibrated step time fits (3%

@@ -32,7 +32,7 @@ from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _machine import header  # noqa: E402
-from _recipe import ROOT, budget_args, budget_trainer, calibrate, compose  # noqa: E402
+from _recipe import ROOT, budget_args, budget_trainer, calibrate, compose, training_callbacks  # noqa: E402
 
 
 class SmpNet(nn.Module):
@@ -92,7 +92,7 @@ def run(which: str, args, out: Path) -> dict:
     train_size = int(cfg.dataset.crop_size or cfg.dataset.image_size)  # the square a training step sees
     step_s, steps_per_epoch = calibrate(task, dm, lambda m, b: m.criterion(m(b["image"]), b["mask"]))
     trainer = budget_trainer(which, step_s, steps_per_epoch, args.minutes, args.precision, args.seed,
-                             epochs=args.epochs)
+                             callbacks=training_callbacks(cfg), epochs=args.epochs)
     epochs = trainer.max_epochs
     t0 = time.perf_counter()
     trainer.fit(task, datamodule=dm)

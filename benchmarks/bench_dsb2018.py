@@ -35,7 +35,7 @@ from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _machine import header  # noqa: E402
-from _recipe import ROOT, budget_args, budget_trainer, calibrate, compose  # noqa: E402
+from _recipe import ROOT, budget_args, budget_trainer, calibrate, compose, training_callbacks  # noqa: E402
 
 from autotimm.models import InstanceModelBase  # noqa: E402
 
@@ -182,7 +182,8 @@ def run(which: str, args, out: Path) -> dict:
     # the recipe's score calibration (the matching score's threshold chosen on training images before validation)
     calib = [instantiate(c) for k, c in (cfg.get("callbacks") or {}).items() if k == "score_calibration"]
     trainer = budget_trainer(which, step_s, steps_per_epoch, args.minutes, args.precision, args.seed,
-                             callbacks=[ProgressLog(every_s=120), *calib], epochs=args.epochs)
+                             callbacks=[ProgressLog(every_s=120), *calib, *training_callbacks(cfg)],
+                             epochs=args.epochs)
     epochs = trainer.max_epochs
     t0 = time.perf_counter()
     trainer.fit(task, datamodule=dm)
