@@ -221,6 +221,22 @@ def test_recipes_live_in_experiment_and_follow_the_dataset(tmp_path):
 
 
 
+@pytest.mark.parametrize("head", ["deeplabv3plus", "unet", "fcn", "upernet", "segformer"])
+def test_camvid_60min_takes_any_head(tmp_path, head):
+    """experiment=camvid_60min narrows DeepLabV3+ to 128 channels through recipe.head_kwargs (read by
+    conf/head/deeplabv3plus.yaml), so head=<another> on the command line builds that head with its own arguments."""
+    overrides = ["experiment=camvid_60min", f"head={head}"]
+    cfg = compose_cfg(tmp_path, overrides)
+    cfg.backbone.pretrained = False
+    net = instantiate(cfg.model).model
+    assert [int(c) for c in net.backbone.channels] == [64, 32, 64, 128, 256]  # half-width ResNet-18 for every head
+    if head == "deeplabv3plus":
+        assert net.head.aspp.project[0].out_channels == 128 and net.head.classifier.in_channels == 128
+        assert compose_cfg(tmp_path, ["experiment=camvid", "backbone=test_resnet"]).head.aspp_channels == 256
+    else:
+        assert "aspp_channels" not in cfg.head
+
+
 @pytest.mark.parametrize("arch", ["fcos_dense", "maskrcnn"])
 def test_dsb2018_recipe_takes_either_architecture(tmp_path, arch):
     """experiment=dsb2018 sets only what both architectures take: arch=maskrcnn on the command line builds Mask R-CNN
