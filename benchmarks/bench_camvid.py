@@ -7,7 +7,9 @@ ResNet-18, output stride 16); smp's is ``smp.DeepLabV3Plus("tu-resnet18")`` with
 minutes: a short calibration (a few training steps on real batches, excluded from the budget) sets how many epochs
 fit, the cosine schedule is laid over them, and Lightning's ``max_time`` stops a run that would overrun. Validation
 runs once, after training, on the val split scored at the original 480x360 (CamVid's test split is not shipped here);
-``--tta`` also scores ours multi-scale + flip (mmseg's 0.5-1.75 scales).
+``--tta`` also scores ours multi-scale + flip (mmseg's 0.5-1.75 scales). A recipe's weight averaging
+(``+callbacks.ema._target_=pytorch_lightning.callbacks.EMAWeightAveraging``) is kept in the timed run; its other
+callbacks (checkpoints, progress) are not.
 
     python benchmarks/bench_camvid.py --minutes 30                  # both, one after the other, 2 threads each
     python benchmarks/bench_camvid.py --minutes 60 --experiment camvid_60min    # the 60-minute recipe
