@@ -73,6 +73,10 @@ def budget_trainer(which: str, step_s: float, steps_per_epoch: int, minutes: flo
     fits = max(1, math.floor(minutes * 60 * 0.97 / (step_s * steps_per_epoch)))
     print(f"[{which}] {step_s:.3f} s/step x {steps_per_epoch} steps/epoch -> {fits} epochs in {minutes} min"
           + (f"; {epochs} epochs as given (--epochs)" if epochs else ""), flush=True)
+    if epochs and epochs > fits:
+        print(f"[{which}] WARNING: --epochs {epochs} but about {fits} fit in --minutes {minutes}: max_time will stop "
+              f"the run early (its table says epochs done / planned); raise --minutes to finish the schedule",
+              flush=True)
     epochs = epochs or fits
     pl.seed_everything(seed, workers=True)
     return pl.Trainer(max_epochs=epochs, max_time={"minutes": minutes}, precision=precision, accelerator="cpu",
