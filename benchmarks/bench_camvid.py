@@ -58,7 +58,12 @@ class SmpNet(nn.Module):
         return self.net.decoder
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.net(x)
+        # smp refuses sides not divisible by the encoder's output stride (the 60-minute recipe evaluates 360x270):
+        # zero-pad bottom/right (the normalised mean) and crop the logits back, as smp's error message advises
+        h, w = x.shape[-2:]
+        m = 16
+        x = nn.functional.pad(x, (0, -w % m, 0, -h % m))
+        return self.net(x)[..., :h, :w]
 
 
 def build(cfg, which: str, seed: int):
