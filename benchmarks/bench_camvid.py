@@ -58,7 +58,7 @@ class SmpNet(nn.Module):
         return self.net.decoder
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        # smp refuses sides not divisible by the encoder's output stride (the 60-minute recipe evaluates 360x270):
+        # smp refuses sides not divisible by the encoder's output stride (360 px squares in the 60-minute recipe):
         # zero-pad bottom/right (the normalised mean) and crop the logits back, as smp's error message advises
         h, w = x.shape[-2:]
         m = 16
