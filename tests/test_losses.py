@@ -118,6 +118,61 @@ def test_combined_class_weights_weight_the_ce_term():
     assert unweighted(logits, target).item() == pytest.approx((math.log(2.0) + math.log(4 / 3)) / 2, rel=1e-6)
 
 
+def _row(labels):
+    """A 1x4 row, two classes, logits (ln 3, 0) everywhere: CE ln(4/3) on a class-0 pixel, ln 4 on a class-1 one."""
+    logits = torch.zeros(1, 2, 1, 4)
+    logits[:, 0] = math.log(3.0)
+    return logits, torch.tensor([[labels]])
+
+
+def test_boundary_mask_exact_pixels():
+    from autotimm.losses.segmentation import boundary_mask
+
+    t = torch.tensor([[[0, 0, 0, 1, 1, 1, 1]]])
+    valid = torch.ones_like(t, dtype=torch.bool)
+    assert boundary_mask(t, valid, 3).int().tolist() == [[[0, 0, 1, 1, 0, 0, 0]]]
+    assert boundary_mask(t, valid, 5).int().tolist() == [[[0, 1, 1, 1, 1, 0, 0]]]
+    # an ignored neighbour is no boundary, and an ignored pixel never is one
+    t2 = torch.tensor([[[0, 0, 9, 1, 1]]])
+    valid2 = t2 != 9
+    assert boundary_mask(t2.clamp(max=1), valid2, 3).int().tolist() == [[[0, 0, 0, 0, 0]]]
+    # 2-d: a one-pixel-wide vertical line (a pole) is boundary, and so are its neighbours on both sides
+    img = torch.zeros(1, 3, 5, dtype=torch.long)
+    img[0, :, 2] = 1
+    assert boundary_mask(img, torch.ones_like(img, dtype=torch.bool), 3)[0].int().tolist() == [[0, 1, 1, 1, 0]] * 3
+
+
+def test_boundary_weight_weights_the_ce_term():
+    """Labels (0, 0, 0, 1), window 3: pixels 2 and 3 are on the boundary and count 1 + 1 = 2 times:
+    (ln(4/3) + ln(4/3) + 2 ln(4/3) + 2 ln 4) / 6."""
+    logits, target = _row([0, 0, 0, 1])
+    loss = CrossEntropySegmentationLoss(2, boundary_weight=1.0)(logits, target).item()
+    assert loss == pytest.approx((4 * math.log(4 / 3) + 2 * math.log(4.0)) / 6, rel=1e-6)
+    plain = CrossEntropySegmentationLoss(2)(logits, target).item()
+    assert plain == pytest.approx((3 * math.log(4 / 3) + math.log(4.0)) / 4, rel=1e-6)
+    # with class weights (1, 3) too: pixel weights 1, 1, 2, 6
+    both = CombinedSegmentationLoss(2, dice_weight=0.0, class_weights=[1.0, 3.0], boundary_weight=1.0)
+    expected = (math.log(4 / 3) * (1 + 1 + 2) + math.log(4.0) * 6) / 10
+    assert both(logits, target).item() == pytest.approx(expected, rel=1e-6)
+    # an ignored pixel between the classes: no boundary left, the plain mean over the three valid pixels
+    logits, target = _row([0, 0, 255, 1])
+    loss = CrossEntropySegmentationLoss(2, boundary_weight=4.0)(logits, target).item()
+    assert loss == pytest.approx((2 * math.log(4 / 3) + math.log(4.0)) / 3, rel=1e-6)
+    # all ignored: 0, finite gradient
+    logits = logits.clone().requires_grad_(True)
+    out = CrossEntropySegmentationLoss(2, boundary_weight=1.0)(logits, torch.full((1, 1, 4), 255))
+    out.backward()
+    assert out.item() == 0.0 and torch.isfinite(logits.grad).all()
+
+
+@pytest.mark.parametrize("kwargs,field", [({"boundary_weight": -1.0}, "loss.boundary_weight"),
+                                          ({"boundary_width": 4}, "loss.boundary_width"),
+                                          ({"boundary_width": 1}, "loss.boundary_width")])
+def test_boundary_bad_input_names_the_field(kwargs, field):
+    with pytest.raises(ValueError, match=field):
+        CombinedSegmentationLoss(num_classes=2, **kwargs)
+
+
 @pytest.mark.parametrize("weights", [[1.0, 2.0, 3.0], [1.0, -1.0], [0.0, 0.0]])
 def test_class_weights_bad_input_names_the_field(weights):
     with pytest.raises(ValueError, match="loss.class_weights"):

@@ -33,11 +33,26 @@ def _safe_mean(total: torch.Tensor, count: torch.Tensor) -> torch.Tensor:
     return total / count.clamp(min=1).to(total.dtype)
 
 
+def boundary_mask(target: torch.Tensor, valid: torch.Tensor, width: int) -> torch.Tensor:
+    """Valid pixels [B,H,W] within ``width // 2`` pixels (a ``width`` x ``width`` window) of a valid pixel of
+    another class: the maximum and minimum label over the window (ignored pixels take part in neither) differ from
+    the pixel's own. Two pooling passes, no loop over classes."""
+    t, v, off = target.float().unsqueeze(1), valid.unsqueeze(1), torch.tensor(float("-inf"), device=target.device)
+    hi = F.max_pool2d(torch.where(v, t, off), width, 1, width // 2)
+    lo = -F.max_pool2d(torch.where(v, -t, off), width, 1, width // 2)
+    return valid & ((hi.squeeze(1) > t.squeeze(1)) | (lo.squeeze(1) < t.squeeze(1)))
+
+
 class CrossEntropySegmentationLoss(nn.Module):
-    """Pixel-wise cross-entropy averaged over non-ignored pixels (0 when there are none)."""
+    """Pixel-wise cross-entropy averaged over non-ignored pixels (0 when there are none).
+
+    ``class_weights`` (one per class) and ``boundary_weight`` weight the pixels, and the mean is then over the
+    pixels' weights: a pixel within ``boundary_width // 2`` of another class's pixel (label boundaries, where thin
+    objects are nothing but boundary) counts ``1 + boundary_weight`` times.
+    """
 
     def __init__(self, num_classes: int | None = None, ignore_index: int = 255, label_smoothing: float = 0.0,
-                 class_weights: list[float] | None = None):
+                 class_weights: list[float] | None = None, boundary_weight: float = 0.0, boundary_width: int = 3):
         super().__init__()
         self.num_classes = num_classes
         self.ignore_index = ignore_index
@@ -48,6 +63,12 @@ class CrossEntropySegmentationLoss(nn.Module):
                                  "expected one weight per class, in class-id order")
             if any(w < 0 for w in class_weights) or not any(w > 0 for w in class_weights):
                 raise ValueError(f"loss.class_weights: {list(class_weights)}; expected weights >= 0, at least one > 0")
+        if boundary_weight < 0:
+            raise ValueError(f"loss.boundary_weight: {boundary_weight}; expected >= 0 (0: no boundary term)")
+        if int(boundary_width) != boundary_width or boundary_width < 3 or boundary_width % 2 == 0:
+            raise ValueError(f"loss.boundary_width: {boundary_width}; expected an odd integer >= 3 (the window, "
+                             "in pixels, that finds a label boundary)")
+        self.boundary_weight, self.boundary_width = float(boundary_weight), int(boundary_width)
         self.register_buffer("class_weights", torch.tensor(class_weights, dtype=torch.float32)
                              if class_weights is not None else None, persistent=False)
 
@@ -55,10 +76,13 @@ class CrossEntropySegmentationLoss(nn.Module):
         valid, tgt = valid_pixels(logits, target, self.ignore_index)
         per_pixel = F.cross_entropy(logits.float(), tgt, weight=self.class_weights, reduction="none",
                                     label_smoothing=self.label_smoothing)
-        per_pixel = per_pixel * valid
-        if self.class_weights is not None:
-            denom = (self.class_weights[tgt] * valid).sum()
-            return per_pixel.sum() / denom.clamp(min=1e-12) if bool(valid.any()) else per_pixel.sum()
+        weight = valid.float()
+        if self.boundary_weight:
+            weight = weight + self.boundary_weight * boundary_mask(tgt, valid, self.boundary_width)
+        per_pixel = per_pixel * weight
+        if self.class_weights is not None or self.boundary_weight:
+            denom = weight * self.class_weights[tgt] if self.class_weights is not None else weight
+            return per_pixel.sum() / denom.sum().clamp(min=1e-12) if bool(valid.any()) else per_pixel.sum()
         return _safe_mean(per_pixel.sum(), valid.sum())
 
 
@@ -169,10 +193,13 @@ class FocalLossPixelwise(nn.Module):
 
 
 class CombinedSegmentationLoss(nn.Module):
-    """``ce_weight * CrossEntropy + dice_weight * Dice``; ``class_weights`` (one per class) weight the CE term."""
+    """``ce_weight * CrossEntropy + dice_weight * Dice``; ``class_weights`` (one per class) and
+    ``boundary_weight`` / ``boundary_width`` (pixels near a label boundary) weight the CE term
+    (``CrossEntropySegmentationLoss``)."""
 
     def __init__(self, num_classes: int | None = None, ce_weight: float = 1.0, dice_weight: float = 1.0,
-                 ignore_index: int = 255, smooth: float = 1.0, class_weights: list[float] | None = None):
+                 ignore_index: int = 255, smooth: float = 1.0, class_weights: list[float] | None = None,
+                 boundary_weight: float = 0.0, boundary_width: int = 3):
         super().__init__()
         if ce_weight < 0 or dice_weight < 0:
             raise ValueError(f"ce_weight and dice_weight must be >= 0, got {ce_weight}, {dice_weight}")
@@ -181,7 +208,8 @@ class CombinedSegmentationLoss(nn.Module):
         self.num_classes = num_classes
         self.ce_weight, self.dice_weight = ce_weight, dice_weight
         self.ignore_index = ignore_index
-        self.ce = CrossEntropySegmentationLoss(num_classes, ignore_index, class_weights=class_weights)
+        self.ce = CrossEntropySegmentationLoss(num_classes, ignore_index, class_weights=class_weights,
+                                               boundary_weight=boundary_weight, boundary_width=boundary_width)
         self.dice = DiceLoss(num_classes, ignore_index, smooth)
 
     def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
