@@ -185,9 +185,11 @@ def test_shapes_recipes_narrow_resnet18_only(tmp_path):
     assert _stage_channels(cfg) == [64, 32, 64, 128, 256]
     cfg = compose_cfg(tmp_path, ["experiment=instance_shapes"])
     assert _stage_channels(cfg) == [64, 32, 64, 128, 256] and cfg.head.conv_channels == 64
-    for overrides in (["dataset=camvid"], ["experiment=camvid"], ["experiment=ablate_heads"]):
+    for overrides in (["dataset=camvid"], ["experiment=camvid_pretrained"], ["experiment=ablate_heads"]):
         cfg = compose_cfg(tmp_path, overrides)
         assert _stage_channels(cfg) == [64, 64, 128, 256, 512], overrides
+    for overrides in (["experiment=camvid"], ["experiment=camvid_60min"]):  # from scratch on CamVid: half width
+        assert _stage_channels(compose_cfg(tmp_path, overrides)) == [64, 32, 64, 128, 256], overrides
     cfg = compose_cfg(tmp_path, ["backbone=test_resnet"])  # another backbone: its own width, no extra arguments
     assert "extra_kwargs" not in cfg.backbone and cfg.backbone.pretrained is False
     assert compose_cfg(tmp_path, ["experiment=ablate_heads"]).dataset.image_size == 96
@@ -213,11 +215,15 @@ def test_recipes_live_in_experiment_and_follow_the_dataset(tmp_path):
     cfg = compose_cfg(tmp_path, ["dataset=camvid"])  # a real dataset: no recipe unless asked for
     assert "lr" not in cfg.model and cfg.backbone.pretrained is True and cfg.dataset.crop_size is None
     cfg = compose_cfg(tmp_path, ["experiment=camvid"])  # the from-scratch CamVid recipe switches the dataset
-    assert (cfg.dataset.format, cfg.dataset.image_size, cfg.dataset.crop_size) == ("camvid", 240, 160)
+    assert (cfg.dataset.format, cfg.dataset.image_size, cfg.dataset.crop_size) == ("camvid", 360, 240)
     assert (cfg.backbone.pretrained, cfg.model.lr, cfg.backbone.output_stride) == (False, 3e-3, "auto")
+    assert (cfg.trainer.max_epochs, cfg.head.aspp_channels, cfg.head.decoder_channels) == (40, 128, 128)
     assert cfg.dataset.data_dir.endswith("/camvid")
-    cfg = compose_cfg(tmp_path, ["experiment=camvid_pretrained"])
+    cfg = compose_cfg(tmp_path, ["experiment=camvid_60min"])  # the same recipe, longer
+    assert (cfg.dataset.image_size, cfg.dataset.crop_size, cfg.trainer.max_epochs) == (360, 240, 85)
+    cfg = compose_cfg(tmp_path, ["experiment=camvid_pretrained"])  # the full width the ImageNet weights have
     assert (cfg.backbone.pretrained, cfg.model.lr, cfg.dataset.crop_size) == (True, 1e-3, 160)
+    assert cfg.head.aspp_channels == 256
 
 
 
@@ -232,7 +238,7 @@ def test_camvid_60min_takes_any_head(tmp_path, head):
     assert [int(c) for c in net.backbone.channels] == [64, 32, 64, 128, 256]  # half-width ResNet-18 for every head
     if head == "deeplabv3plus":
         assert net.head.aspp.project[0].out_channels == 128 and net.head.classifier.in_channels == 128
-        assert compose_cfg(tmp_path, ["experiment=camvid", "backbone=test_resnet"]).head.aspp_channels == 256
+        assert compose_cfg(tmp_path, ["experiment=camvid_pretrained", "backbone=test_resnet"]).head.aspp_channels == 256
     else:
         assert "aspp_channels" not in cfg.head
 
