@@ -30,7 +30,7 @@ def calibrate(task, dm, loss_of, steps: int = 40, warmup: int = 4) -> tuple[floa
     ``warmup`` steps first, untimed: the loader's workers start and oneDNN builds its kernels there; then ``steps``
     timed ones (at most an epoch's). With 2 warm-up and 8 timed steps the estimate ran 4-20% high for the slower
     networks (worker start-up landed in the timed steps on one core: smp planned 10 epochs and stopped at 24 of its
-    30 minutes, EfficientNet-B0 at 31 of 40); 40 steps, about an epoch of CamVid, keep it within a few percent."""
+    30 minutes, EfficientNet-B0 at 31 of 40); 40 steps are about an epoch of CamVid."""
     model = copy.deepcopy(task).train()
     opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
     dm.setup("fit")

@@ -98,7 +98,7 @@ def run(which: str, args, out: Path) -> dict:
     cfg = compose(overrides)
     dm, task = build(cfg, which, args.seed)
     train_size = int(cfg.dataset.crop_size or cfg.dataset.image_size)  # the square a training step sees
-    step_s, steps_per_epoch = calibrate(task, dm, lambda m, b: m.criterion(m(b["image"]), b["mask"]))
+    step_s, steps_per_epoch = calibrate(task, dm, lambda m, b: m.training_loss(b["image"], b["mask"])[0])
     trainer = budget_trainer(which, step_s, steps_per_epoch, args.minutes, args.precision, args.seed,
                              callbacks=training_callbacks(cfg), epochs=args.epochs)
     epochs = trainer.max_epochs

@@ -136,6 +136,9 @@ def test_command_line_style_overrides(tmp_path):
     model = instantiate(cfg.model)
     assert model.criterion.dice_weight == 0.5 and model.criterion.ce_weight == 1.0
     assert model.hparams.loss["dice_weight"] == 0.5
+    model = instantiate(compose_cfg(tmp_path, ["model.aux_weight=0.4", "backbone=test_resnet"]).model)
+    assert isinstance(model.model.aux_head, autotimm.FCNHead) and model.aux_weight == 0.4
+    assert instantiate(compose_cfg(tmp_path, ["backbone=test_resnet"]).model).model.aux_head is None
     cfg = compose_cfg(tmp_path, ["backbone=convnext_tiny"])
     assert cfg.backbone.model_name == "convnext_tiny"
     assert cfg.backbone.pretrained is False  # shapes dataset trains from scratch

@@ -240,3 +240,51 @@ def test_validation_scores_original_resolution_labels():
     model.eval().log = lambda *a, **k: None  # no trainer attached
     model._eval_step(batch, "val")
     assert int(metric.tp.sum() + metric.fn.sum()) == 50 * 100  # scored at 50x100, not 32x32
+
+
+def test_aux_head_adds_its_weighted_loss_in_training_only(tmp_path):
+    """Deep supervision (``aux_weight``): an FCN head on the second-deepest level; the training loss is the main
+    criterion plus aux_weight x the criterion of the aux logits; forward / predict / reload run the main head."""
+    assert make().model.aux_head is None
+    model = make(aux_weight=0.4).eval()  # eval: dropout off, BatchNorm on running stats, so two passes agree
+    aux = model.model.aux_head
+    assert isinstance(aux, FCNHead) and aux.block[0].in_channels == model.backbone.channels[-2]
+    x = torch.randn(2, 3, 64, 64)
+    y = torch.randint(0, 3, (2, 64, 64))
+    y[:, :5] = 255
+    logits, aux_logits = model.model(x, aux=True)
+    assert logits.shape == aux_logits.shape == (2, 3, 64, 64)
+    main, extra = model.criterion(logits, y), model.criterion(aux_logits, y)
+    loss = model.training_step({"image": x, "mask": y}, 0)
+    assert torch.allclose(loss, main + 0.4 * extra) and extra > 0
+    assert torch.equal(model(x), logits)  # inference: the main head alone
+    loss.backward()
+    assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in aux.parameters() if p.ndim > 1)
+    trainer = pl.Trainer(max_steps=1, logger=False, enable_checkpointing=False, enable_progress_bar=False,
+                         enable_model_summary=False)
+    trainer.strategy.connect(model)
+    trainer.save_checkpoint(tmp_path / "aux.ckpt")
+    loaded = SemanticSegmentor.load_from_checkpoint(tmp_path / "aux.ckpt", weights_only=True).eval()
+    assert loaded.aux_weight == 0.4 and torch.equal(loaded.model(x, aux=True)[1], aux_logits)
+    level1 = make(aux_weight=1.0, aux_level=1)
+    assert level1.model.aux_head.block[0].in_channels == level1.backbone.channels[1]
+
+
+@pytest.mark.parametrize("kw, match", [
+    ({"aux_weight": -0.4}, "aux_weight must be a number >= 0, got -0.4"),
+    ({"aux_weight": 0.4, "aux_level": 5}, r"aux_level 5 is not a level of the backbone's 5 \(channels"),
+])
+def test_aux_head_errors(kw, match):
+    with pytest.raises(ValueError, match=match):
+        make(**kw)
+
+
+def test_aux_weight_with_a_ready_model_needs_its_aux_head():
+    from autotimm.models.semantic import SemanticModel
+
+    net = TimmFeatureBackbone(TINY)
+    bare = SemanticModel(net, FCNHead(net.channels, 3))
+    with pytest.raises(ValueError, match="the model needs an aux_head"):
+        SemanticSegmentor(TINY, num_classes=3, model=bare, aux_weight=0.4)
+    with pytest.raises(ValueError, match="forward\\(aux=True\\) needs an aux_head"):
+        bare.eval()(torch.randn(1, 3, 32, 32), aux=True)

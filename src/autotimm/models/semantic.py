@@ -16,19 +16,34 @@ class SemanticModel(nn.Module):
             ``reductions`` (``autotimm.backbones.TimmFeatureBackbone``).
         head: any module taking that list and returning logits ``[B, C, h, w]`` at any stride.
         channels_last: run convolutions in channels-last memory format.
+        aux_head: an auxiliary head for deep supervision in training (PSPNet's, mmseg's ``auxiliary_head``): a
+            module taking the backbone level ``aux_level`` and returning logits at any stride. Only
+            ``forward(images, aux=True)`` runs it; inference, ``predict`` and export never do.
+        aux_level: which backbone level feeds ``aux_head`` (default the second deepest).
     """
 
-    def __init__(self, backbone: nn.Module, head: nn.Module, channels_last: bool = False):
+    def __init__(self, backbone: nn.Module, head: nn.Module, channels_last: bool = False,
+                 aux_head: nn.Module | None = None, aux_level: int = -2):
         super().__init__()
         self.backbone, self.head = backbone, head
         self.channels_last = channels_last
+        self.aux_head = aux_head
+        self.aux_level = int(aux_level)
 
-    def forward(self, images: torch.Tensor) -> torch.Tensor:
-        """Normalised images ``[B, 3, H, W]`` -> logits ``[B, num_classes, H, W]`` at the input resolution."""
+    def forward(self, images: torch.Tensor, aux: bool = False) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+        """Normalised images ``[B, 3, H, W]`` -> logits ``[B, num_classes, H, W]`` at the input resolution;
+        ``aux=True`` (training with an ``aux_head``): the pair ``(logits, aux_logits)``, both at that resolution."""
         if self.channels_last:
             images = images.contiguous(memory_format=torch.channels_last)
-        logits = self.head(self.backbone(images))
-        return F.interpolate(logits, size=images.shape[-2:], mode="bilinear", align_corners=False)
+        features = self.backbone(images)
+        size = images.shape[-2:]
+        logits = F.interpolate(self.head(features), size=size, mode="bilinear", align_corners=False)
+        if not aux:
+            return logits
+        if self.aux_head is None:
+            raise ValueError("forward(aux=True) needs an aux_head (SemanticSegmentor(aux_weight > 0) builds one)")
+        aux_logits = self.aux_head(features[self.aux_level])
+        return logits, F.interpolate(aux_logits, size=size, mode="bilinear", align_corners=False)
 
     @torch.no_grad()
     def predict(self, images: torch.Tensor, original_size: Sequence[int] | None = None) -> torch.Tensor:

@@ -14,6 +14,7 @@ from torchmetrics.classification import JaccardIndex
 
 from ..backbones import FeatureBackboneConfig, TimmFeatureBackbone, as_backbone_config, resolve_preprocess
 from ..heads import HEADS
+from ..heads.fcn import FCNHead
 from ..losses import LOSSES
 from ..metrics import MetricConfig
 from ..models.semantic import SemanticModel, logits_to_original
@@ -49,6 +50,10 @@ class SemanticSegmentor(BaseTask):
         loss: a loss factory overriding ``loss_type`` (same forms), called with ``num_classes`` and ``ignore_index``.
         class_names: one name per class (default: the attached data module's); per-class metrics are named after
             them (``val/iou_<name>``). ``per_class_metrics``: log the per-class IoU of val and test.
+        aux_weight: deep supervision (PSPNet; mmseg's FCN ``auxiliary_head`` at loss weight 0.4): above 0, an FCN
+            head (``autotimm.heads.FCNHead``) on backbone level ``aux_level`` (default the second deepest) adds
+            ``aux_weight`` x the task's loss of its logits to the training loss. Training only: validation, test,
+            ``predict`` and export run the main head alone. A ready ``model`` needs its own ``aux_head``.
         tta / tta_stages: test-time augmentation (``{"scales": [...], "flip": ..., "mode": "whole"|"slide",
             "crop_size": ..., "stride": ...}``, ``autotimm.tta.TTA``) for the stages listed (default test only).
         channels_last: run convolutions in channels-last memory format: ``True``, ``False``, or ``"auto"`` = on
@@ -100,6 +105,8 @@ class SemanticSegmentor(BaseTask):
         per_class_metrics: bool = True,
         tta: dict | None = None,
         tta_stages: Sequence[str] = ("test",),
+        aux_weight: float = 0.0,
+        aux_level: int = -2,
     ):
         super().__init__()
         if not isinstance(num_classes, int) or num_classes < 1:
@@ -111,13 +118,25 @@ class SemanticSegmentor(BaseTask):
         head_spec = component_spec(head, "head") or {"_target_": _path(HEADS[head_type])}
         loss_spec = component_spec(loss, "loss") or _default_loss_spec(loss_type, ce_weight, dice_weight)
         preprocess = plain(preprocess)
+        aux_weight = float(aux_weight)
+        if not aux_weight >= 0:
+            raise ValueError(f"aux_weight must be a number >= 0, got {aux_weight!r}")
         if model is None:
             net = TimmFeatureBackbone(backbone_cfg, image_size=(preprocess or {}).get("image_size"),
                                       preferred_output_stride=preferred_output_stride(head_spec))
             backbone_cfg = net.config  # output_stride "auto" resolved
             head_module = build_component(head_spec, "head", in_channels=net.channels, num_classes=num_classes,
                                           reductions=net.reductions)
-            model = SemanticModel(net, head_module, channels_last is True)
+            aux_head = None
+            if aux_weight > 0:
+                if not -len(net.channels) <= aux_level < len(net.channels):
+                    raise ValueError(f"aux_level {aux_level} is not a level of the backbone's {len(net.channels)} "
+                                     f"(channels {list(net.channels)})")
+                aux_head = FCNHead(net.channels[aux_level], num_classes)
+            model = SemanticModel(net, head_module, channels_last is True, aux_head=aux_head, aux_level=aux_level)
+        elif aux_weight > 0 and getattr(model, "aux_head", None) is None:
+            raise ValueError("aux_weight > 0 with a ready model: the model needs an aux_head (SemanticModel(..., "
+                             "aux_head=...)), or set aux_weight=0")
         preprocess = resolve_preprocess(model.backbone, preprocess)
 
         # hparams are plain data; weights come from the checkpoint, so reloading never downloads them again
@@ -135,6 +154,7 @@ class SemanticSegmentor(BaseTask):
         self.head_type = _name_of(head_spec, HEADS, head_type)
         self.loss_type = _name_of(loss_spec, LOSSES, loss_type)
         self.channels_last = channels_last
+        self.aux_weight = aux_weight
         self.model = model
         if init_from:  # fine-tuning: every weight whose name and shape fit
             self.init_weights_from(init_from)
@@ -251,10 +271,18 @@ class SemanticSegmentor(BaseTask):
         return [lg.argmax(0) for lg in logits_to_original(logits, valid_size, orig_size)]
 
     # steps -------------------------------------------------------------------------------------------------------
+    def training_loss(self, images: torch.Tensor, masks: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The training step's loss and the main head's logits: the criterion, plus ``aux_weight`` x the criterion
+        of the auxiliary head's logits when deep supervision is on."""
+        if self.aux_weight > 0:
+            logits, aux_logits = self.model(images, aux=True)
+            return self.criterion(logits, masks) + self.aux_weight * self.criterion(aux_logits, masks), logits
+        logits = self(images)
+        return self.criterion(logits, masks), logits
+
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:
         images, masks = batch["image"], batch["mask"]
-        logits = self(images)
-        loss = self.criterion(logits, masks)
+        loss, logits = self.training_loss(images, masks)
         if self.finite_or_skip(loss) is None:
             return None  # skipped: nothing logged, weights unchanged
         self.log("train/loss", loss, on_step=True, on_epoch=True, prog_bar=True, batch_size=images.shape[0])
