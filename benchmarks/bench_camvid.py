@@ -6,9 +6,9 @@ ResNet-18, output stride 16; ``experiment=camvid``: half width, 128-channel ASPP
 ``smp.DeepLabV3Plus("tu-resnet18")`` with its defaults (encoder output stride 16, decoder 256 channels, atrous rates
 12/24/36), no pretrained weights. Each gets the same budget of wall-clock minutes: a calibration (44 training steps
 on real batches, the recipe's training loss, an auxiliary head's included; excluded from the budget) sets how many
-epochs fit, the cosine schedule is laid over them, and Lightning's ``max_time`` stops a run that would overrun. Validation runs once, after training, on the val
-split scored at the original 480x360 (CamVid's test split is not shipped here); ``--tta`` also scores ours
-multi-scale + flip (mmseg's 0.5-1.75 scales). A recipe's weight averaging
+epochs fit, the cosine schedule is laid over them, and Lightning's ``max_time`` stops a run that would overrun.
+Validation runs once, after training, on the val split scored at the original 480x360 (CamVid's test split is not
+shipped here); ``--tta`` also scores ours multi-scale + flip (mmseg's 0.5-1.75 scales). A recipe's weight averaging
 (``+callbacks.ema._target_=pytorch_lightning.callbacks.EMAWeightAveraging``) is kept in the timed run; its other
 callbacks (checkpoints, progress) are not.
 
