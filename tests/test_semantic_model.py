@@ -272,7 +272,8 @@ def test_aux_head_adds_its_weighted_loss_in_training_only(tmp_path):
 
 @pytest.mark.parametrize("kw, match", [
     ({"aux_weight": -0.4}, "aux_weight must be a number >= 0, got -0.4"),
-    ({"aux_weight": 0.4, "aux_level": 5}, r"aux_level 5 is not a level of the backbone's 5 \(channels"),
+    ({"aux_weight": 0.4, "aux_level": 5},
+     r"aux_level 5 is not one of the backbone's 5 levels \(expected -5..4; channels"),
 ])
 def test_aux_head_errors(kw, match):
     with pytest.raises(ValueError, match=match):

@@ -130,8 +130,9 @@ class SemanticSegmentor(BaseTask):
             aux_head = None
             if aux_weight > 0:
                 if not -len(net.channels) <= aux_level < len(net.channels):
-                    raise ValueError(f"aux_level {aux_level} is not a level of the backbone's {len(net.channels)} "
-                                     f"(channels {list(net.channels)})")
+                    raise ValueError(f"aux_level {aux_level} is not one of the backbone's {len(net.channels)} levels "
+                                     f"(expected -{len(net.channels)}..{len(net.channels) - 1}; channels "
+                                     f"{list(net.channels)})")
                 aux_head = FCNHead(net.channels[aux_level], num_classes)
             model = SemanticModel(net, head_module, channels_last is True, aux_head=aux_head, aux_level=aux_level)
         elif aux_weight > 0 and getattr(model, "aux_head", None) is None:
