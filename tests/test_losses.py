@@ -46,6 +46,9 @@ FOCAL = (0.5**2 * math.log(2) + 0.75**2 * math.log(4)) / 2
     (OhemCrossEntropyLoss(2, thresh=0.3, min_kept=1), math.log(4)),   # 2nd smallest p = 0.5: threshold 0.5, p < 0.5
     (OhemCrossEntropyLoss(2, thresh=0.3, min_kept=5), math.log(4)),   # capped at the valid count, as mmseg
     (OhemCrossEntropyLoss(2, thresh=0.2, min_kept=0), 0.0),           # nothing hard: 0
+    # OHEM as the combined loss's CE term: Dice stays over both pixels
+    (CombinedSegmentationLoss(2, ohem_thresh=0.3, ohem_min_kept=0), math.log(4) + DICE_S1),
+    (CombinedSegmentationLoss(2, ohem_thresh=0.7, ohem_min_kept=0, dice_weight=0.5), CE + 0.5 * DICE_S1),
 ])
 def test_hand_computed_values(loss, expected):
     logits, target = two_pixels()
@@ -53,7 +56,8 @@ def test_hand_computed_values(loss, expected):
 
 
 LOSSES = [CrossEntropySegmentationLoss(2), DiceLoss(2), TverskyLoss(2, alpha=0.3, beta=0.7),
-          FocalLossPixelwise(2), CombinedSegmentationLoss(2), OhemCrossEntropyLoss(2, thresh=0.9, min_kept=1)]
+          FocalLossPixelwise(2), CombinedSegmentationLoss(2), OhemCrossEntropyLoss(2, thresh=0.9, min_kept=1),
+          CombinedSegmentationLoss(2, ohem_thresh=0.9, ohem_min_kept=1)]
 
 
 @pytest.mark.parametrize("loss", LOSSES, ids=lambda m: type(m).__name__)
@@ -89,6 +93,12 @@ def test_label_out_of_range_raises(loss):
     logits, _ = two_pixels()
     with pytest.raises(ValueError, match=r"labels \[7\] outside 0\.\.1.*ignore_index=255"):
         loss(logits, torch.tensor([[[0, 7]]]))
+
+
+@pytest.mark.parametrize("kwargs", [{"class_weights": [1.0, 2.0]}, {"boundary_weight": 1.0}])
+def test_combined_ohem_rejects_pixel_weights(kwargs):
+    with pytest.raises(ValueError, match=r"loss\.ohem_thresh=0\.7 .*class_weights or loss\.boundary_weight"):
+        CombinedSegmentationLoss(2, ohem_thresh=0.7, **kwargs)
 
 
 def test_combined_weights_both_zero_rejected():

@@ -195,11 +195,15 @@ class FocalLossPixelwise(nn.Module):
 class CombinedSegmentationLoss(nn.Module):
     """``ce_weight * CrossEntropy + dice_weight * Dice``; ``class_weights`` (one per class) and
     ``boundary_weight`` / ``boundary_width`` (pixels near a label boundary) weight the CE term
-    (``CrossEntropySegmentationLoss``)."""
+    (``CrossEntropySegmentationLoss``). ``ohem_thresh`` (with ``ohem_min_kept``) makes the CE term online hard
+    example mining (``OhemCrossEntropyLoss``: the mean over the pixels whose true-class probability is below
+    ``max(ohem_thresh, the ohem_min_kept-th smallest)``), as BiSeNet / STDC / DDRNet train; Dice stays over all
+    pixels. It does not combine with ``class_weights`` or ``boundary_weight``."""
 
     def __init__(self, num_classes: int | None = None, ce_weight: float = 1.0, dice_weight: float = 1.0,
                  ignore_index: int = 255, smooth: float = 1.0, class_weights: list[float] | None = None,
-                 boundary_weight: float = 0.0, boundary_width: int = 3):
+                 boundary_weight: float = 0.0, boundary_width: int = 3, ohem_thresh: float | None = None,
+                 ohem_min_kept: int = 100_000):
         super().__init__()
         if ce_weight < 0 or dice_weight < 0:
             raise ValueError(f"ce_weight and dice_weight must be >= 0, got {ce_weight}, {dice_weight}")
@@ -208,8 +212,15 @@ class CombinedSegmentationLoss(nn.Module):
         self.num_classes = num_classes
         self.ce_weight, self.dice_weight = ce_weight, dice_weight
         self.ignore_index = ignore_index
-        self.ce = CrossEntropySegmentationLoss(num_classes, ignore_index, class_weights=class_weights,
-                                               boundary_weight=boundary_weight, boundary_width=boundary_width)
+        if ohem_thresh is not None:
+            if class_weights is not None or boundary_weight:
+                raise ValueError(f"loss.ohem_thresh={ohem_thresh} selects the CE term's pixels by difficulty; it does "
+                                 "not combine with loss.class_weights or loss.boundary_weight (expected those "
+                                 "null / 0, or ohem_thresh null)")
+            self.ce = OhemCrossEntropyLoss(num_classes, ignore_index, thresh=ohem_thresh, min_kept=ohem_min_kept)
+        else:
+            self.ce = CrossEntropySegmentationLoss(num_classes, ignore_index, class_weights=class_weights,
+                                                   boundary_weight=boundary_weight, boundary_width=boundary_width)
         self.dice = DiceLoss(num_classes, ignore_index, smooth)
 
     def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
