@@ -4,12 +4,14 @@ import math
 
 import pytest
 import torch
+import torch.nn.functional as F
 
 from autotimm.losses import (
     CombinedSegmentationLoss,
     CrossEntropySegmentationLoss,
     DiceLoss,
     FocalLossPixelwise,
+    LovaszSoftmaxLoss,
     OhemCrossEntropyLoss,
     TverskyLoss,
 )
@@ -29,6 +31,11 @@ DICE_S1 = 1 - ((2 * 0.5 + 1) / (2 * 0.5 + 0.75 + 0.5 + 1) + (2 * 0.25 + 1) / (2 
 DICE_S0 = 1 - ((1.0 / 2.25) + (0.5 / 1.75)) / 2
 TVERSKY = 1 - (0.5 / (0.5 + 0.3 * 0.75 + 0.7 * 0.5) + 0.25 / (0.25 + 0.3 * 0.5 + 0.7 * 0.75)) / 2
 FOCAL = (0.5**2 * math.log(2) + 0.75**2 * math.log(4)) / 2
+# Lovasz-softmax. Class 0: fg (1, 0), p0 (0.5, 0.75), errors (0.5, 0.75); sorted: pixel 1 (fg 0), pixel 0 (fg 1);
+# Jaccard loss along the order: 1 - 1/2 = 0.5, then 1 - 0/2 = 1 -> increments (0.5, 0.5): 0.75 * 0.5 + 0.5 * 0.5.
+# Class 1: fg (0, 1), p1 (0.5, 0.25), errors (0.5, 0.75); sorted: pixel 1 (fg 1), pixel 0 (fg 0); Jaccard loss 1 - 0/1
+# = 1, then 1 - 0/2 = 1 -> increments (1, 0): 0.75. Mean over the two present classes.
+LOVASZ = (0.75 * 0.5 + 0.5 * 0.5 + 0.75) / 2
 
 
 @pytest.mark.parametrize("loss, expected", [
@@ -46,6 +53,9 @@ FOCAL = (0.5**2 * math.log(2) + 0.75**2 * math.log(4)) / 2
     (OhemCrossEntropyLoss(2, thresh=0.3, min_kept=1), math.log(4)),   # 2nd smallest p = 0.5: threshold 0.5, p < 0.5
     (OhemCrossEntropyLoss(2, thresh=0.3, min_kept=5), math.log(4)),   # capped at the valid count, as mmseg
     (OhemCrossEntropyLoss(2, thresh=0.2, min_kept=0), 0.0),           # nothing hard: 0
+    (LovaszSoftmaxLoss(2), LOVASZ),
+    (CombinedSegmentationLoss(2, dice_weight=0.0, lovasz_weight=1.0), CE + LOVASZ),
+    (CombinedSegmentationLoss(2, dice_weight=1.0, lovasz_weight=0.5), CE + DICE_S1 + 0.5 * LOVASZ),
     # OHEM as the combined loss's CE term: Dice stays over both pixels
     (CombinedSegmentationLoss(2, ohem_thresh=0.3, ohem_min_kept=0), math.log(4) + DICE_S1),
     (CombinedSegmentationLoss(2, ohem_thresh=0.7, ohem_min_kept=0, dice_weight=0.5), CE + 0.5 * DICE_S1),
@@ -57,7 +67,8 @@ def test_hand_computed_values(loss, expected):
 
 LOSSES = [CrossEntropySegmentationLoss(2), DiceLoss(2), TverskyLoss(2, alpha=0.3, beta=0.7),
           FocalLossPixelwise(2), CombinedSegmentationLoss(2), OhemCrossEntropyLoss(2, thresh=0.9, min_kept=1),
-          CombinedSegmentationLoss(2, ohem_thresh=0.9, ohem_min_kept=1)]
+          CombinedSegmentationLoss(2, ohem_thresh=0.9, ohem_min_kept=1), LovaszSoftmaxLoss(2),
+          CombinedSegmentationLoss(2, dice_weight=0.0, lovasz_weight=1.0)]
 
 
 @pytest.mark.parametrize("loss", LOSSES, ids=lambda m: type(m).__name__)
@@ -93,6 +104,33 @@ def test_label_out_of_range_raises(loss):
     logits, _ = two_pixels()
     with pytest.raises(ValueError, match=r"labels \[7\] outside 0\.\.1.*ignore_index=255"):
         loss(logits, torch.tensor([[[0, 7]]]))
+
+
+def test_lovasz_matches_the_reference_loop_over_classes():
+    """Against the reference algorithm (Berman et al.'s lovasz_softmax_flat, one class at a time, 'present' classes)
+    on a random batch with ignored pixels and an absent class; and a perfect prediction scores 0."""
+    g = torch.Generator().manual_seed(0)
+    logits = torch.randn(2, 4, 5, 6, generator=g)
+    target = torch.randint(0, 3, (2, 5, 6), generator=g)   # class 3 absent
+    target[0, 0, :4] = 255
+    probs = logits.softmax(1).permute(0, 2, 3, 1).reshape(-1, 4)
+    labels = target.reshape(-1)
+    keep = labels != 255
+    probs, labels = probs[keep], labels[keep]
+    losses = []
+    for c in range(4):
+        fg = (labels == c).float()
+        if fg.sum() == 0:
+            continue
+        errors, perm = torch.sort((fg - probs[:, c]).abs(), descending=True)
+        fgs = fg[perm]
+        jac = 1 - (fgs.sum() - fgs.cumsum(0)) / (fgs.sum() + (1 - fgs).cumsum(0))
+        jac[1:] = jac[1:] - jac[:-1].clone()
+        losses.append(torch.dot(errors, jac))
+    expected = torch.stack(losses).mean().item()
+    assert LovaszSoftmaxLoss(4)(logits, target).item() == pytest.approx(expected, abs=1e-6)
+    perfect = F.one_hot(target.clamp(max=3), 4).permute(0, 3, 1, 2).float() * 100
+    assert LovaszSoftmaxLoss(4)(perfect, target).item() == pytest.approx(0.0, abs=1e-6)
 
 
 @pytest.mark.parametrize("kwargs", [{"class_weights": [1.0, 2.0]}, {"boundary_weight": 1.0}])

@@ -7,6 +7,7 @@ from .segmentation import (
     CrossEntropySegmentationLoss,
     DiceLoss,
     FocalLossPixelwise,
+    LovaszSoftmaxLoss,
     OhemCrossEntropyLoss,
     TverskyLoss,
 )
@@ -18,8 +19,9 @@ LOSSES = {  # semantic losses selectable by loss_type
     "tversky": TverskyLoss,
     "combined": CombinedSegmentationLoss,
     "ohem": OhemCrossEntropyLoss,
+    "lovasz": LovaszSoftmaxLoss,
 }
 
 __all__ = ["LOSSES", "CombinedSegmentationLoss", "CrossEntropySegmentationLoss", "DiceLoss", "FCOSLoss",
-           "FocalLossPixelwise", "InstanceSegmentationLoss", "MaskLoss", "OhemCrossEntropyLoss",
+           "FocalLossPixelwise", "InstanceSegmentationLoss", "LovaszSoftmaxLoss", "MaskLoss", "OhemCrossEntropyLoss",
            "TverskyLoss"]
