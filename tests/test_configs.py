@@ -139,6 +139,10 @@ def test_command_line_style_overrides(tmp_path):
     model = instantiate(compose_cfg(tmp_path, ["model.aux_weight=0.4", "backbone=test_resnet"]).model)
     assert isinstance(model.model.aux_head, autotimm.FCNHead) and model.aux_weight == 0.4
     assert instantiate(compose_cfg(tmp_path, ["backbone=test_resnet"]).model).model.aux_head is None
+    model = instantiate(compose_cfg(tmp_path, ["model.paste_classes=[2,4]", "backbone=test_resnet"]).model)
+    assert model.paste_classes == [2, 4] and model.paste_prob == 0.5
+    model = instantiate(compose_cfg(tmp_path, ["loss.ohem_thresh=0.7", "backbone=test_resnet"]).model)
+    assert isinstance(model.criterion.ce, autotimm.losses.OhemCrossEntropyLoss) and model.criterion.ce.thresh == 0.7
     cfg = compose_cfg(tmp_path, ["backbone=convnext_tiny"])
     assert cfg.backbone.model_name == "convnext_tiny"
     assert cfg.backbone.pretrained is False  # shapes dataset trains from scratch

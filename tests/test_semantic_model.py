@@ -289,3 +289,49 @@ def test_aux_weight_with_a_ready_model_needs_its_aux_head():
         SemanticSegmentor(TINY, num_classes=3, model=bare, aux_weight=0.4)
     with pytest.raises(ValueError, match="forward\\(aux=True\\) needs an aux_head"):
         bare.eval()(torch.randn(1, 3, 32, 32), aux=True)
+
+
+def test_paste_classes_copies_the_named_classes_from_another_image():
+    """Three images of constant colour 0/1/2 whose masks hold class 0 everywhere but a class-2 square (and a class-1
+    square in image 1, not pasted): with prob 1 every image takes its source's class-2 square, pixels and labels,
+    from a different image; nothing else changes, the inputs are untouched."""
+    from autotimm.data.transforms import paste_classes
+
+    images = torch.arange(3.0).view(3, 1, 1, 1).expand(3, 3, 8, 8).clone()
+    masks = torch.zeros(3, 8, 8, dtype=torch.long)
+    for i in range(3):
+        masks[i, 2 * i:2 * i + 2, 0:2] = 2        # a 2x2 square of class 2, at rows 2i..2i+1
+    masks[1, 6:, 6:] = 1
+    masks[2, 0, 7] = 255
+    before = images.clone(), masks.clone()
+    out_img, out_mask = paste_classes(images, masks, [2], prob=1.0, generator=torch.Generator().manual_seed(0))
+    assert torch.equal(images, before[0]) and torch.equal(masks, before[1])
+    sources = []
+    for i in range(3):
+        pasted = (out_mask[i] == 2) & (masks[i] != 2)
+        assert int(pasted.sum()) == 4                             # one other image's square, whole
+        rows = pasted.nonzero()[:, 0].unique()
+        j = int(rows[0]) // 2
+        assert j != i and torch.equal(rows, torch.tensor([2 * j, 2 * j + 1]))
+        assert (out_img[i][:, pasted] == j).all() and (out_img[i][:, ~pasted] == i).all()
+        assert torch.equal(out_mask[i][~pasted], masks[i][~pasted])   # class 1, 255 and the rest kept
+        sources.append(j)
+    assert sorted(sources) == [0, 1, 2]                             # a permutation: each image is a source once
+    same = paste_classes(images, masks, [2], prob=0.0)
+    assert same[0] is images and same[1] is masks
+
+
+def test_paste_classes_option_in_training_and_its_errors():
+    model = make(paste_classes=[1], paste_prob=1.0)
+    x = torch.randn(2, 3, 32, 32)
+    y = torch.zeros(2, 32, 32, dtype=torch.long)
+    y[0, :8] = 1
+    seen = {}
+    model.training_loss = lambda images, masks: (seen.update(masks=masks) or torch.tensor(1.0), None)
+    model.log = lambda *a, **k: None
+    model.training_step({"image": x, "mask": y}, 0)
+    assert torch.equal(seen["masks"][1, :8], torch.ones(8, 32, dtype=torch.long))  # image 1 got image 0's class 1
+    with pytest.raises(ValueError, match=r"paste_classes \[3\]: expected class ids in 0\.\.2"):
+        make(paste_classes=[3])
+    with pytest.raises(ValueError, match=r"paste_prob must be in \[0, 1\], got 1\.5"):
+        make(paste_classes=[1], paste_prob=1.5)

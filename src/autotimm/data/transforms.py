@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import albumentations as A
 import cv2
+import torch
 from albumentations.pytorch import ToTensorV2
 
 PRESETS = ("light", "default", "strong")
@@ -142,3 +143,23 @@ def apply_eval(resize, finish, transform, image, **targets) -> tuple[dict, tuple
     r = resize(image=image, **targets)
     valid = tuple(int(v) for v in r["image"].shape[:2])
     return finish(**r), valid
+
+
+def paste_classes(images, masks, classes, prob: float = 0.5, generator=None):
+    """Batch-level copy-paste of the named classes (the rare-class paste of ClassMix / DACS, Olsson et al. 2021,
+    Tranheden et al. 2021, with a fixed class list): each image, with probability ``prob``, receives the pixels of
+    ``classes`` (image and label alike, at the same place) from another image of the batch, each image's source
+    a different one (a random cyclic permutation). A pole or sign so lands in front of other buildings and trees,
+    the classes they are confused with. ``images [B,C,H,W]`` (already normalised: the same statistics on both
+    sides), ``masks [B,H,W]``; new tensors are returned, the inputs are not changed. A batch of one is returned as
+    is. Vectorised: one ``isin`` and two ``where`` over the batch."""
+    b = images.shape[0]
+    if b < 2 or not len(classes) or prob <= 0:
+        return images, masks
+    order = torch.randperm(b, generator=generator).to(images.device)
+    src = torch.empty_like(order)
+    src[order] = order.roll(1)                                  # a cycle through the batch: never its own source
+    chosen = torch.rand(b, generator=generator).to(images.device) < prob
+    src_masks = masks[src]
+    take = torch.isin(src_masks, torch.as_tensor(classes, device=masks.device)) & chosen[:, None, None]
+    return torch.where(take[:, None], images[src], images), torch.where(take, src_masks, masks)

@@ -13,6 +13,7 @@ from torch import nn
 from torchmetrics.classification import JaccardIndex
 
 from ..backbones import FeatureBackboneConfig, TimmFeatureBackbone, as_backbone_config, resolve_preprocess
+from ..data.transforms import paste_classes
 from ..heads import HEADS
 from ..heads.fcn import FCNHead
 from ..losses import LOSSES
@@ -54,6 +55,9 @@ class SemanticSegmentor(BaseTask):
             head (``autotimm.heads.FCNHead``) on backbone level ``aux_level`` (default the second deepest) adds
             ``aux_weight`` x the task's loss of its logits to the training loss. Training only: validation, test,
             ``predict`` and export run the main head alone. A ready ``model`` needs its own ``aux_head``.
+        paste_classes / paste_prob: batch-level copy-paste of these class ids in training (ClassMix / DACS's
+            paste with a fixed list, ``autotimm.data.transforms.paste_classes``): with probability ``paste_prob`` an
+            image receives those classes' pixels and labels from another image of the batch. Default: off.
         tta / tta_stages: test-time augmentation (``{"scales": [...], "flip": ..., "mode": "whole"|"slide",
             "crop_size": ..., "stride": ...}``, ``autotimm.tta.TTA``) for the stages listed (default test only).
         channels_last: run convolutions in channels-last memory format: ``True``, ``False``, or ``"auto"`` = on
@@ -107,6 +111,8 @@ class SemanticSegmentor(BaseTask):
         tta_stages: Sequence[str] = ("test",),
         aux_weight: float = 0.0,
         aux_level: int = -2,
+        paste_classes: Sequence[int] | None = None,
+        paste_prob: float = 0.5,
     ):
         super().__init__()
         if not isinstance(num_classes, int) or num_classes < 1:
@@ -121,6 +127,11 @@ class SemanticSegmentor(BaseTask):
         aux_weight = float(aux_weight)
         if not aux_weight >= 0:
             raise ValueError(f"aux_weight must be a number >= 0, got {aux_weight!r}")
+        paste_classes = [int(c) for c in paste_classes] if paste_classes else None
+        if paste_classes and any(not 0 <= c < num_classes for c in paste_classes):
+            raise ValueError(f"paste_classes {paste_classes}: expected class ids in 0..{num_classes - 1}")
+        if not 0.0 <= float(paste_prob) <= 1.0:
+            raise ValueError(f"paste_prob must be in [0, 1], got {paste_prob!r}")
         if model is None:
             net = TimmFeatureBackbone(backbone_cfg, image_size=(preprocess or {}).get("image_size"),
                                       preferred_output_stride=preferred_output_stride(head_spec))
@@ -156,6 +167,7 @@ class SemanticSegmentor(BaseTask):
         self.loss_type = _name_of(loss_spec, LOSSES, loss_type)
         self.channels_last = channels_last
         self.aux_weight = aux_weight
+        self.paste_classes, self.paste_prob = paste_classes, float(paste_prob)
         self.model = model
         if init_from:  # fine-tuning: every weight whose name and shape fit
             self.init_weights_from(init_from)
@@ -283,6 +295,8 @@ class SemanticSegmentor(BaseTask):
 
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:
         images, masks = batch["image"], batch["mask"]
+        if self.paste_classes:
+            images, masks = paste_classes(images, masks, self.paste_classes, self.paste_prob)
         loss, logits = self.training_loss(images, masks)
         if self.finite_or_skip(loss) is None:
             return None  # skipped: nothing logged, weights unchanged
