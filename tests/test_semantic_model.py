@@ -189,7 +189,8 @@ def test_optimizers_and_schedulers(optimizer, scheduler):
 
 @pytest.mark.parametrize("kw, match", [
     ({"head_type": "pspnet"}, r"head_type: unknown value 'pspnet'; valid: " + re.escape(str(sorted(HEADS)))),
-    ({"loss_type": "lovasz"}, r"loss_type: unknown value 'lovasz'; valid: \['ce', 'combined', 'dice'"),
+    ({"loss_type": "jaccard"},
+     r"loss_type: unknown value 'jaccard'; valid: \['ce', 'combined', 'dice', 'focal', 'lovasz', 'ohem', 'tversky'\]"),
     ({"optimizer": "lamb"}, r"optimizer: unknown value 'lamb'; valid: \['adam', 'adamw', 'rmsprop', 'sgd'\]"),
     ({"scheduler": "warm"}, r"scheduler: unknown value 'warm'"),
     ({"num_classes": 0}, "num_classes must be an integer >= 1"),

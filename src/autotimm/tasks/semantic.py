@@ -32,7 +32,8 @@ class SemanticSegmentor(BaseTask):
         backbone: timm model name or ``FeatureBackboneConfig``.
         num_classes: number of classes (background included where the dataset has one).
         head_type: ``"deeplabv3plus"`` or ``"fcn"``.
-        loss_type: ``"ce"``, ``"dice"``, ``"focal"``, ``"tversky"`` or ``"combined"`` (CE + Dice).
+        loss_type: ``"ce"``, ``"dice"``, ``"focal"``, ``"tversky"``, ``"ohem"``, ``"lovasz"`` or ``"combined"``
+            (CE + Dice).
         dice_weight / ce_weight: weights of the combined loss.
         ignore_index: label ignored by loss and metrics (void, padding).
         metrics: ``MetricConfig`` list; ``num_classes`` and ``ignore_index`` are passed to metrics that take them.
