@@ -224,10 +224,12 @@ def test_recipes_live_in_experiment_and_follow_the_dataset(tmp_path):
     cfg = compose_cfg(tmp_path, ["experiment=camvid"])  # the from-scratch CamVid recipe switches the dataset
     assert (cfg.dataset.format, cfg.dataset.image_size, cfg.dataset.crop_size) == ("camvid", 360, 240)
     assert (cfg.backbone.pretrained, cfg.model.lr, cfg.backbone.output_stride) == (False, 3e-3, "auto")
-    assert (cfg.trainer.max_epochs, cfg.head.aspp_channels, cfg.head.decoder_channels) == (40, 128, 128)
+    assert (cfg.trainer.max_epochs, cfg.head.aspp_channels, cfg.head.decoder_channels) == (32, 128, 128)
+    assert cfg.trainer.check_val_every_n_epoch == 16  # two val passes, the second at the end
     assert cfg.dataset.data_dir.endswith("/camvid")
     cfg = compose_cfg(tmp_path, ["experiment=camvid_60min"])  # the same recipe, longer
-    assert (cfg.dataset.image_size, cfg.dataset.crop_size, cfg.trainer.max_epochs) == (360, 240, 85)
+    assert (cfg.dataset.image_size, cfg.dataset.crop_size, cfg.trainer.max_epochs) == (360, 240, 64)
+    assert cfg.trainer.check_val_every_n_epoch == 16  # four val passes, the last at the end
     cfg = compose_cfg(tmp_path, ["experiment=camvid_pretrained"])  # the full width the ImageNet weights have
     assert (cfg.backbone.pretrained, cfg.model.lr, cfg.dataset.crop_size) == (True, 1e-3, 160)
     assert cfg.head.aspp_channels == 256

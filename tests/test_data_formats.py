@@ -232,6 +232,62 @@ def test_crop_size_trains_on_crops_of_the_full_scale(tmp_path):
         SegmentationDataModule(tmp_path, image_size=32, crop_size=48)
 
 
+def _focus_draws(mask, classes, p_focus, n=200, size=20):
+    """n FocusCrop draws of ``mask`` (seeded); the image carries each pixel's (x, y), so a crop's image says where
+    the crop was taken from and that the image was cropped with the mask."""
+    import albumentations as A
+
+    from autotimm.data.transforms import FocusCrop
+
+    h, w = mask.shape
+    yx = np.stack([np.broadcast_to(np.arange(w), (h, w)), np.broadcast_to(np.arange(h)[:, None], (h, w)),
+                   np.zeros((h, w), int)], -1).astype(np.uint8)
+    tf = A.Compose([FocusCrop(size, classes, p_focus)], seed=0)
+    outs = [tf(image=yx, mask=mask) for _ in range(n)]
+    for o in outs:
+        assert o["image"].shape == (size, size, 3) and o["mask"].shape == (size, size)
+        x0, y0 = int(o["image"][0, 0, 0]), int(o["image"][0, 0, 1])
+        assert (o["mask"] == mask[y0:y0 + size, x0:x0 + size]).all()  # image and mask cut at the same place
+    return [o["mask"] for o in outs]
+
+
+def test_focus_crop_holds_the_rare_class():
+    """crop_focus_classes: every crop holds the one pole pixel at p=1 (a random 20 px crop of the 100 px image holds
+    it 0.9% of the time: 6/81 x 10/81), about half at p=0.5, and a class is drawn before a pixel: one pixel of class
+    2 beside 5,000 of class 7 gets half the focused crops, class 0 included (albumentations'
+    CropNonEmptyMaskIfExists never focuses 0)."""
+    mask = np.full((100, 100), 3, np.uint8)
+    mask[90, 5] = 2
+    assert all((m == 2).any() for m in _focus_draws(mask, [2], 1.0))
+    assert sum((m == 2).any() for m in _focus_draws(mask, [2], 0.0)) < 10
+    assert 70 <= sum((m == 2).any() for m in _focus_draws(mask, [2], 0.5)) <= 130
+    mask[:, 50:] = 7
+    mask[90, 5], mask[2, 2] = 0, 2  # one pixel of 0, one of 2, 5,000 of 7 far from both
+    hits = [(m == 0).any() for m in _focus_draws(mask, [0, 2, 7], 1.0, n=300)]
+    assert 70 <= sum(hits) <= 130  # a third of the focused crops: class 0 drawn like the others
+    assert all((m == 0).any() | (m == 2).any() | (m == 7).any() for m in _focus_draws(mask, [0, 2, 7], 1.0))
+    assert len(_focus_draws(np.full((100, 100), 3, np.uint8), [2], 1.0)) == 200  # none present: random crops
+
+
+def test_focus_crop_datamodule_and_errors(tmp_path):
+    """The data module's crop_focus_classes reach the training crops; bad settings name the field."""
+    for split in ("train", "val"):
+        save_rgb(tmp_path / split / "images" / "a.png", 64, 64)
+        m = np.zeros((64, 64), np.uint8)
+        m[60:62, 2:4] = 5  # 4 pixels of class 5 in a corner: 1 px at image_size 32
+        (tmp_path / split / "masks").mkdir(parents=True)
+        Image.fromarray(m).save(tmp_path / split / "masks" / "a.png")
+    dm = datamodule(tmp_path, "png", num_classes=7, crop_size=16, augmentation_preset="light",
+                    crop_focus_classes=[5], crop_focus_p=1.0)
+    assert all((dm.train_dataset[0]["mask"] == 5).any() for _ in range(20))
+    with pytest.raises(ValueError, match="crop_focus_classes needs crop_size smaller than image_size"):
+        SegmentationDataModule(tmp_path, image_size=32, crop_focus_classes=[5])
+    with pytest.raises(ValueError, match=r"crop_focus_classes: class ids must be in \[0, 7\), got \[7\]"):
+        SegmentationDataModule(tmp_path, image_size=32, crop_size=16, num_classes=7, crop_focus_classes=[7])
+    with pytest.raises(ValueError, match="crop_focus_p must be in"):
+        SegmentationDataModule(tmp_path, image_size=32, crop_size=16, crop_focus_classes=[5], crop_focus_p=1.5)
+
+
 # ------------------------------------------------------------------------------------------------ CamVid
 CAMVID = Path(__file__).resolve().parents[2] / "shared" / "data" / "camvid"
 

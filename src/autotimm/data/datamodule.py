@@ -25,6 +25,9 @@ class SegmentationDataModule(ModelPreprocess, pl.LightningDataModule):
         image_size: training crop size; evaluation resizes the longest side to it and pads (aspect kept).
         crop_size: train on random ``crop_size`` squares of the ``image_size`` training images (mmseg's
             ``crop_size``); evaluation stays whole at ``image_size``. ``None``: no crop.
+        crop_focus_classes / crop_focus_p: with ``crop_size``, a training crop holds a pixel of one of these class
+            ids with probability ``crop_focus_p`` (the class drawn uniformly among those in the image, then a pixel
+            of it; ``autotimm.data.transforms.FocusCrop``): more crops of the rare classes. ``None``: random crops.
         batch_size / num_workers: loader settings.
         augmentation_preset: ``light``, ``default`` or ``strong``.
         custom_train_transforms / custom_val_transforms: albumentations ``Compose`` replacing the preset (they must
@@ -52,7 +55,8 @@ class SegmentationDataModule(ModelPreprocess, pl.LightningDataModule):
                  val_split: str = "val", test_split: str | None = None, pin_memory: bool = False,
                  persistent_workers: bool = True, skip_corrupt: bool = False, mean: list[float] | None = None,
                  std: list[float] | None = None, interpolation: str | None = None,
-                 class_names: list[str] | None = None, crop_size: int | None = None):
+                 class_names: list[str] | None = None, crop_size: int | None = None,
+                 crop_focus_classes: list[int] | None = None, crop_focus_p: float = 0.5):
         super().__init__()
         if class_names is not None and num_classes is not None and len(class_names) != num_classes:
             raise ValueError(f"class_names: {len(class_names)} names for num_classes={num_classes}")
@@ -67,6 +71,17 @@ class SegmentationDataModule(ModelPreprocess, pl.LightningDataModule):
             raise ValueError(f"crop_size must be between 16 and image_size ({image_size}), got {crop_size}")
         if num_classes is not None and num_classes < 1:
             raise ValueError(f"num_classes must be >= 1, got {num_classes}")
+        if crop_focus_classes is not None and (crop_size is None or int(crop_size) >= int(image_size)):
+            raise ValueError(f"crop_focus_classes needs crop_size smaller than image_size ({image_size}), "
+                             f"got crop_size={crop_size}")
+        if crop_focus_classes is not None and num_classes is not None and \
+                not all(0 <= int(c) < num_classes for c in crop_focus_classes):
+            raise ValueError(f"crop_focus_classes: class ids must be in [0, {num_classes}), got "
+                             f"{list(crop_focus_classes)}")
+        if not 0.0 <= float(crop_focus_p) <= 1.0:
+            raise ValueError(f"crop_focus_p must be in [0, 1], got {crop_focus_p}")
+        self.crop_focus_classes = [int(c) for c in crop_focus_classes] if crop_focus_classes is not None else None
+        self.crop_focus_p = float(crop_focus_p)
         self.data_dir = Path(data_dir)
         self.format = format
         self.image_size = int(image_size)
@@ -105,7 +120,9 @@ class SegmentationDataModule(ModelPreprocess, pl.LightningDataModule):
         if train:
             tf = self.custom_train_transforms or train_transforms(self.augmentation_preset, self.image_size,
                                                                   self.ignore_index, preprocess=self.preprocess,
-                                                                  crop_size=self.crop_size)
+                                                                  crop_size=self.crop_size,
+                                                                  crop_focus_classes=self.crop_focus_classes,
+                                                                  crop_focus_p=self.crop_focus_p)
         else:
             tf = self.custom_val_transforms
         ds = SegmentationDataset(data, tf, train=train, image_size=self.image_size, ignore_index=self.ignore_index,

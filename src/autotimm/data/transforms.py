@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import albumentations as A
 import cv2
+import numpy as np
 import torch
 from albumentations.pytorch import ToTensorV2
 
@@ -44,13 +45,49 @@ def _fixed_scale(scale: float, preprocess: dict | None) -> A.RandomScale:
     return A.RandomScale(scale_limit=(float(scale) - 1, float(scale) - 1), interpolation=_interp(preprocess), p=1.0)
 
 
+class FocusCrop(A.RandomCrop):
+    """A ``size`` square crop that, with probability ``p_focus``, holds a pixel of one of ``classes``: a class is drawn
+    uniformly among those the mask holds, then one of its pixels, placed at a random position inside the crop (as
+    albumentations' ``CropNonEmptyMaskIfExists`` places it). Otherwise, or when the mask holds none of them, a plain
+    random crop. Drawing the class first gives a pole the crops a fence gets, where a pixel drawn over all the classes'
+    pixels (``CropNonEmptyMaskIfExists``, which also never focuses class 0) would mostly land on the larger one."""
+
+    def __init__(self, size: int, classes: list[int], p_focus: float = 0.5):
+        super().__init__(int(size), int(size), p=1.0)
+        if not classes:
+            raise ValueError("crop_focus_classes: give at least one class id")
+        if not 0.0 <= float(p_focus) <= 1.0:
+            raise ValueError(f"crop_focus_p must be in [0, 1], got {p_focus}")
+        self.classes = np.asarray(sorted({int(c) for c in classes}))
+        self.p_focus = float(p_focus)
+
+    def get_params_dependent_on_data(self, params: dict, data: dict) -> dict:
+        mask = data.get("mask")
+        if mask is None:
+            raise RuntimeError("FocusCrop needs the mask (crop_focus_classes is for semantic segmentation)")
+        h, w = mask.shape[:2]
+        if self.height > h or self.width > w:
+            raise ValueError(f"crop_size {self.height} is larger than the {h}x{w} training image")
+        present = np.unique(mask[np.isin(mask, self.classes)]) if self.py_random.random() < self.p_focus else []
+        if len(present):
+            ys, xs = np.nonzero(mask == present[self.py_random.randrange(len(present))])
+            i = self.py_random.randrange(len(ys))
+            x0 = int(np.clip(xs[i] - self.py_random.randint(0, self.width - 1), 0, w - self.width))
+            y0 = int(np.clip(ys[i] - self.py_random.randint(0, self.height - 1), 0, h - self.height))
+        else:
+            x0, y0 = self.py_random.randint(0, w - self.width), self.py_random.randint(0, h - self.height)
+        return {"crop_coords": (x0, y0, x0 + self.width, y0 + self.height)}
+
+
 def train_transforms(preset: str, image_size: int, ignore_index: int = 255, bbox_params=None,
                      preprocess: dict | None = None, crop_size: int | None = None,
-                     scale: float | None = None) -> A.Compose:
+                     scale: float | None = None, crop_focus_classes: list[int] | None = None,
+                     crop_focus_p: float = 0.5) -> A.Compose:
     """The preset at ``image_size`` (the scale evaluation also uses); ``crop_size`` (< ``image_size``) then trains on
     random square crops of that size (mmseg's ``crop_size``): full-resolution detail at a crop's cost. With ``scale``
     every image is resized by that factor instead (a fixed pixel size, as microscopy wants: the longest side would
-    shrink a large image's objects) and ``image_size`` is the square training window cropped from it."""
+    shrink a large image's objects) and ``image_size`` is the square training window cropped from it.
+    ``crop_focus_classes``: that crop holds one of these classes with probability ``crop_focus_p`` (``FocusCrop``)."""
     if preset not in PRESETS:
         raise ValueError(f"augmentation_preset: unknown {preset!r}; valid: {list(PRESETS)}")
     s = int(image_size)
@@ -71,8 +108,11 @@ def train_transforms(preset: str, image_size: int, ignore_index: int = 255, bbox
                 A.OneOf([A.GaussianBlur(blur_limit=(3, 5)), A.GaussNoise(std_range=(0.02, 0.08))], p=0.3)]
     if scale and preset == "light":  # the other presets crop to the window already
         ops += [A.RandomCrop(s, s)]
+    if crop_focus_classes and (crop_size is None or int(crop_size) >= s):
+        raise ValueError("crop_focus_classes needs crop_size smaller than image_size (it places the crop)")
     if crop_size is not None and int(crop_size) < s:
-        ops += [A.RandomCrop(int(crop_size), int(crop_size))]
+        ops += [FocusCrop(int(crop_size), crop_focus_classes, crop_focus_p) if crop_focus_classes
+                else A.RandomCrop(int(crop_size), int(crop_size))]
     return A.Compose(ops + _normalize(preprocess), bbox_params=bbox_params)
 
 
