@@ -284,6 +284,8 @@ def test_focus_crop_datamodule_and_errors(tmp_path):
         SegmentationDataModule(tmp_path, image_size=32, crop_focus_classes=[5])
     with pytest.raises(ValueError, match=r"crop_focus_classes: class ids must be in \[0, 7\), got \[7\]"):
         SegmentationDataModule(tmp_path, image_size=32, crop_size=16, num_classes=7, crop_focus_classes=[7])
+    with pytest.raises(ValueError, match="crop_focus_classes: give at least one class id"):
+        SegmentationDataModule(tmp_path, image_size=32, crop_size=16, crop_focus_classes=[])
     with pytest.raises(ValueError, match="crop_focus_p must be in"):
         SegmentationDataModule(tmp_path, image_size=32, crop_size=16, crop_focus_classes=[5], crop_focus_p=1.5)
 

@@ -71,6 +71,8 @@ class SegmentationDataModule(ModelPreprocess, pl.LightningDataModule):
             raise ValueError(f"crop_size must be between 16 and image_size ({image_size}), got {crop_size}")
         if num_classes is not None and num_classes < 1:
             raise ValueError(f"num_classes must be >= 1, got {num_classes}")
+        if crop_focus_classes is not None and len(crop_focus_classes) == 0:
+            raise ValueError("crop_focus_classes: give at least one class id, or null for random crops")
         if crop_focus_classes is not None and (crop_size is None or int(crop_size) >= int(image_size)):
             raise ValueError(f"crop_focus_classes needs crop_size smaller than image_size ({image_size}), "
                              f"got crop_size={crop_size}")
